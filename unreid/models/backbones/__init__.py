@@ -1,0 +1,1 @@
+"""unreid.models.backbones."""
