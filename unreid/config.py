@@ -53,6 +53,9 @@ class DataConfig:
     random_erasing_p: float = 0.5  #: CC uses RandomErasing(p=0.5, mean=ImageNet mean)
     sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    #: extra keyword options of the dataset family (e.g. ``{variant: labeled}`` for cuhk03,
+    #: ``{trial: 2, mode: thermal_to_visible}`` for regdb); see ``unreid datasets``
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
