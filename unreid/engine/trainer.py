@@ -144,6 +144,8 @@ class Trainer:
         self.output_dir = self._output_dir(cfg)
         self._check_output_dir(resume, overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume and (self.output_dir / "metrics.jsonl").exists():
+            (self.output_dir / "metrics.jsonl").unlink()  # the user asked to replace the run (--overwrite)
         self._setup_logging()
         if self.supervised:
             log.warning(SUPERVISED_BANNER)
@@ -246,11 +248,7 @@ class Trainer:
     # ------------------------------------------------------------------ phases
     def extract(self, samples: list[Sample]) -> torch.Tensor:
         """L2-normalised features ``(N, d) float32`` on CPU of ``samples`` (test transform)."""
-        from unreid.data.loader import build_test_loader
-        from unreid.evaluation.features import extract_features
-
-        loader = build_test_loader(samples, self.cfg.data, cache=self.cache, batch_size=self.cfg.eval.batch_size)
-        return extract_features(self.model, loader, self.device, amp=self.use_amp)
+        return extract(self.model, samples, self.cfg, self.device, cache=self.cache, amp=self.use_amp)
 
     def refresh(self, epoch: int) -> dict[str, Any]:
         """Pseudo-label phase; returns the quality report (ground truth used only here, for reporting)."""
@@ -331,18 +329,9 @@ class Trainer:
 
     def evaluate(self, query: list[Sample] | None = None, gallery: list[Sample] | None = None) -> dict[str, float]:
         """Query/gallery evaluation with ``cfg.eval.protocol`` (percentages: mAP, mINP, rank1/5/10)."""
-        from unreid.evaluation.protocols import PROTOCOLS
-
         query = list(self.data.query) if query is None else query
         gallery = list(self.data.gallery) if gallery is None else gallery
-        if not query or not gallery:
-            return {}
-        t0 = time.time()
-        qf, gf = self.extract(query), self.extract(gallery)
-        res = PROTOCOLS[self.cfg.eval.protocol](qf, gf, query, gallery, rerank=self.cfg.eval.rerank)
-        res = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
-        res["time_s"] = round(time.time() - t0, 2)
-        return res
+        return evaluate_model(self.model, query, gallery, self.cfg, self.device, cache=self.cache, amp=self.use_amp)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
@@ -444,6 +433,36 @@ class Trainer:
         self.state.best_score = float(ckpt["best_score"])
         self.state.best_epoch = int(ckpt["best_epoch"])
         log.info("resumed from %s after epoch %d", path, self.state.epoch - 1)
+
+
+def extract(model: nn.Module, samples: list[Sample], cfg: Config, device: torch.device,
+            cache: Any = None, amp: bool = False) -> torch.Tensor:
+    """L2-normalised features ``(N, d) float32`` on CPU of ``samples``, with the test transform of ``cfg.data``."""
+    from unreid.data.loader import build_test_loader
+    from unreid.evaluation.features import extract_features
+
+    loader = build_test_loader(samples, cfg.data, cache=cache, batch_size=cfg.eval.batch_size)
+    return extract_features(model, loader, device, amp=amp)
+
+
+def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample], cfg: Config,
+                   device: torch.device, cache: Any = None, amp: bool = False) -> dict[str, float]:
+    """Evaluate ``model`` with ``cfg.eval.protocol`` (and ``cfg.eval.rerank``).
+
+    Returns percentages ``mAP, mINP, rank1, rank5, rank10`` plus ``num_valid_queries`` and
+    ``time_s``; an empty dict when ``query`` or ``gallery`` is empty.
+    """
+    from unreid.evaluation.protocols import PROTOCOLS
+
+    if not query or not gallery:
+        return {}
+    t0 = time.time()
+    qf = extract(model, query, cfg, device, cache, amp)
+    gf = extract(model, gallery, cfg, device, cache, amp)
+    res = PROTOCOLS[cfg.eval.protocol](qf, gf, query, gallery, rerank=cfg.eval.rerank)
+    res = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
+    res["time_s"] = round(time.time() - t0, 2)
+    return res
 
 
 def load_model_from_checkpoint(path: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:

@@ -1,0 +1,38 @@
+"""Every shipped config loads, validates, and keeps the recipe values it documents."""
+
+from pathlib import Path
+
+import pytest
+
+from unreid.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+
+
+def test_configs_exist():
+    names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
+    assert {"cluster_contrast/market1501.yaml", "cluster_contrast/dukemtmc.yaml", "cluster_contrast/msmt17.yaml",
+            "cluster_contrast/veri776.yaml", "cluster_contrast/cuhk03_detected_cpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(p.parents[1]).as_posix())
+def test_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.data.batch_size % cfg.data.num_instances == 0
+    assert not cfg.method.supervised  # supervised is only ever switched on explicitly
+
+
+def test_cluster_contrast_recipe_values():
+    root = Path(__file__).resolve().parents[1] / "configs" / "cluster_contrast"
+    m = load_config(root / "market1501.yaml")
+    assert (m.model.backbone, m.model.pooling, m.model.gem_p, m.model.gem_trainable) == ("resnet50", "gem", 3.0, True)
+    assert (m.data.height, m.data.width, m.data.batch_size, m.data.num_instances) == (256, 128, 256, 16)
+    assert (m.optim.lr, m.optim.weight_decay, m.optim.step_size, m.optim.epochs, m.optim.iters) == (
+        3.5e-4, 5e-4, 20, 50, 200)
+    assert (m.method.temperature, m.method.momentum, m.pseudo_labels.eps, m.pseudo_labels.min_samples) == (
+        0.05, 0.1, 0.6, 4)
+    assert load_config(root / "msmt17.yaml").optim.iters == 400
+    v = load_config(root / "veri776.yaml")
+    assert (v.data.height, v.data.width, v.optim.iters) == (224, 224, 400)
+    cpu = load_config(root / "cuhk03_detected_cpu.yaml", ["optim.epochs=2"])
+    assert cpu.model.backbone == "efficientnet_lite0" and cpu.optim.epochs == 2
