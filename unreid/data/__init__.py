@@ -1,1 +1,1 @@
-"""unreid.data."""
+"""Data: dataset families, the synthetic generator, transforms, samplers and loaders."""
