@@ -1,0 +1,49 @@
+"""Bilateral cluster matching (MBCCM) on hand-built centroids, and cross-camera label merging."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unreid.config import PseudoLabelConfig
+from unreid.pseudo_labels.matching import bilateral_cluster_matching, cross_camera_labels
+
+
+def test_matching_gives_every_cluster_a_partner():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    # squared distances: a0 -> (0, 0.4, 2), a1 -> (2, 0.8, 0). Row assignment a0-b0, a1-b2; with rows
+    # repeated k = 3 // 2 + 1 = 2 times, b1 goes to a0 (0.4 < 0.8).
+    expected = np.array([[True, True, False], [False, False, True]])
+    assert (bilateral_cluster_matching(a, b) == expected).all()
+    assert (bilateral_cluster_matching(b, a) == expected.T).all()  # sides may come in either order
+
+
+def test_relaxation_adds_every_cluster_at_least_as_close():
+    a = torch.tensor([[1.0, 0.0], [0.9, 0.1]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # Hungarian: a0-b0 (0) + a1-b1 (1.78) beats a0-b1 + a1-b0; relaxed, a1 also gets b0 (0.012 <= 1.78)
+    bare = bilateral_cluster_matching(a, b, relax=False)
+    assert (bare == np.array([[True, False], [False, True]])).all()
+    relaxed = bilateral_cluster_matching(a, b, relax=True)
+    assert (relaxed == np.array([[True, False], [True, True]])).all()
+
+
+def test_cross_camera_labels_merge_matching_clusters():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(2, 16))
+    cam_shift = rng.normal(size=(2, 16)) * 1.5  # each camera moves every identity the same way
+    feats, cams, ids = [], [], []
+    for pid in range(2):
+        for cam in range(2):
+            for _ in range(6):
+                feats.append(centers[pid] + cam_shift[cam] + 0.05 * rng.normal(size=16))
+                cams.append(cam)
+                ids.append(pid)
+    f = torch.nn.functional.normalize(torch.tensor(np.array(feats), dtype=torch.float32), dim=1)
+    pl = cross_camera_labels(f, np.array(cams), PseudoLabelConfig(k1=6, k2=2, eps=0.6, min_samples=2))
+    ids, cams = np.array(ids), np.array(cams)
+    assert pl.num_clusters == 2
+    for pid in range(2):
+        assert len(set(pl.labels[ids == pid])) == 1  # one label per identity, across both cameras
+    assert pl.report["per_camera_clusters"] == {0: 2, 1: 2}

@@ -1,0 +1,147 @@
+"""Bilateral many-to-many cluster matching, and its use to merge clusters across cameras.
+
+``bilateral_cluster_matching`` reproduces MBCCM's matching (He et al., ACM MM 2023, "Efficient
+Bilateral Cross-Modality Cluster Matching"; FranklinLingfeng/MBCCM-master-MM-23 @3492a38,
+``trainer.py`` ``mbccm_matching``, as summarised in ``../shared/ANCHORS.md``):
+
+1. cost = **squared** Euclidean distance between L2-normalised centroids, rows = the smaller side;
+2. Hungarian assignment on the cost (each row gets one column), and Hungarian on the cost with
+   the rows repeated ``k = floor(larger / smaller) + 1`` times (each column gets one row);
+3. each assignment is relaxed to every cluster at least as close (``<=``, ties included): for a
+   row assignment ``(r, c)`` every column ``c'`` with ``cost[r, c'] <= cost[r, c]``; for a column
+   assignment ``(r, c)`` every row ``r'`` with ``cost[r', c] <= cost[r, c]``;
+4. the match is the union of both.
+
+``cross_camera_labels`` is **our own application** of that matching to cameras instead of
+modalities (docs/methods/camera_aware.md): each camera is clustered on its own (the usual
+k-reciprocal Jaccard + DBSCAN of ``PseudoLabeler``), so clusters are not split by the camera gap
+within a camera; then the clusters of every camera pair are matched and matched clusters are merged
+(union-find). The merge uses the un-relaxed assignments by default (``relax=False``): the relaxed
+many-to-many matches, fine as soft cross-memory targets in MBCCM, chain into giant components
+when used as hard labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from unreid.pseudo_labels.base import PseudoLabels
+
+
+def _assignments(cost: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Row-wise and column-wise Hungarian assignments of a ``(S, L)`` cost with ``S <= L``."""
+    s, n = cost.shape
+    rows, cols = linear_sum_assignment(cost)
+    first = list(zip(rows.tolist(), cols.tolist()))
+    k = n // s + 1
+    rows2, cols2 = linear_sum_assignment(np.tile(cost, (k, 1)))
+    second = [(int(r) % s, int(c)) for r, c in zip(rows2, cols2)]
+    return first, second
+
+
+def bilateral_cluster_matching(centroids_a: torch.Tensor, centroids_b: torch.Tensor,
+                               relax: bool = True) -> np.ndarray:
+    """MBCCM's many-to-many matching between two sets of cluster centroids.
+
+    Args:
+        centroids_a: ``(A, d)`` centroids (normalised here).
+        centroids_b: ``(B, d)`` centroids.
+        relax: extend each assignment to every cluster at least as close (the published rule);
+            ``False`` keeps the bare Hungarian assignments.
+
+    Returns:
+        ``(A, B) bool`` match mask: every cluster of both sides has at least one partner.
+
+    Raises:
+        ValueError: a side is empty.
+    """
+    if len(centroids_a) == 0 or len(centroids_b) == 0:
+        raise ValueError(f"cannot match {len(centroids_a)} clusters with {len(centroids_b)} clusters")
+    a = F.normalize(torch.as_tensor(centroids_a, dtype=torch.float64), dim=1)
+    b = F.normalize(torch.as_tensor(centroids_b, dtype=torch.float64), dim=1)
+    cost = torch.cdist(a, b).pow(2).numpy()  # squared Euclidean, as mbccm_matching's pairwise_distance
+    transposed = cost.shape[0] > cost.shape[1]
+    if transposed:
+        cost = cost.T
+    first, second = _assignments(cost)
+    mask = np.zeros(cost.shape, dtype=bool)
+    for r, c in first:
+        if relax:
+            mask[r, cost[r] <= cost[r, c]] = True
+        else:
+            mask[r, c] = True
+    for r, c in second:
+        if relax:
+            mask[cost[:, c] <= cost[r, c], c] = True
+        else:
+            mask[r, c] = True
+    return mask.T if transposed else mask
+
+
+def _find(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, relax: bool = False) -> PseudoLabels:
+    """Cluster each camera separately, then merge matched clusters across cameras.
+
+    Args:
+        features: ``(N, d) float32`` L2-normalised features.
+        camids: ``(N,) int`` camera ids.
+        cfg: ``PseudoLabelConfig`` used for each camera's clustering.
+        relax: merge with the relaxed (published) many-to-many matches instead of the bare
+            assignments.
+
+    Returns:
+        :class:`PseudoLabels`; its report adds ``per_camera_clusters`` and ``matched_pairs``.
+
+    Raises:
+        NoClustersError: no camera produced a cluster.
+    """
+    from unreid.pseudo_labels import NoClustersError, PseudoLabeler
+
+    feats = torch.as_tensor(features, dtype=torch.float32)
+    camids = np.asarray(camids)
+    labels = np.full(len(camids), -1, dtype=np.int64)
+    offset, per_cam, groups = 0, {}, []  # groups: (camera, global cluster ids, centroids)
+    for c in np.unique(camids):
+        idx = np.flatnonzero(camids == c)
+        if len(idx) < 2:
+            continue
+        try:
+            pl = PseudoLabeler(cfg).fit(feats[idx], camids=camids[idx])
+        except NoClustersError:
+            per_cam[int(c)] = 0
+            continue
+        keep = pl.labels >= 0
+        labels[idx[keep]] = pl.labels[keep] + offset
+        sums = torch.zeros(pl.num_clusters, feats.shape[1]).index_add_(
+            0, torch.as_tensor(pl.labels[keep]), feats[idx[keep]])
+        groups.append((int(c), np.arange(offset, offset + pl.num_clusters), F.normalize(sums, dim=1)))
+        per_cam[int(c)] = pl.num_clusters
+        offset += pl.num_clusters
+    if offset == 0:
+        raise NoClustersError(f"no camera produced a cluster (N={len(camids)}, eps={cfg.eps}, "
+                              f"min_samples={cfg.min_samples}); raise pseudo_labels.eps")
+    parent = np.arange(offset)
+    pairs = 0
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            mask = bilateral_cluster_matching(groups[i][2], groups[j][2], relax=relax)
+            for r, c in zip(*np.nonzero(mask)):
+                ra, rb = _find(parent, int(groups[i][1][r])), _find(parent, int(groups[j][1][c]))
+                parent[ra] = rb
+                pairs += 1
+    roots = np.array([_find(parent, x) for x in range(offset)])
+    _, merged = np.unique(roots, return_inverse=True)
+    out = labels.copy()
+    out[labels >= 0] = merged[labels[labels >= 0]]
+    num = int(merged.max()) + 1
+    return PseudoLabels(out, num, report={"per_camera_clusters": per_cam, "matched_pairs": pairs},
+                        eps=cfg.eps, source="clustering")
