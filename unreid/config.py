@@ -105,9 +105,24 @@ class HHCLConfig:
 
 @dataclass
 class CameraConfig:
-    """Camera-aware options (filled in by the camera-aware issue)."""
+    """Camera-aware learning (docs/methods/camera_aware.md). Camera ids are free metadata and may be
+    used here; identities never are. Everything is off by default (the published recipes)."""
 
-    enabled: bool = False
+    #: camera-aware proxies (Wang et al., AAAI 2021, CAP): one memory slot per (pseudo-id, camera),
+    #: intra-camera + inter-camera losses added to the method's own loss
+    proxies: bool = False
+    proxy_temperature: float = 0.07  #: CAP train_cap.py --inv_beta 0.07
+    proxy_momentum: float = 0.2  #: CAP --inv_alpha 0.2 (per-sample update)
+    hard_negatives: int = 50  #: CAP CamAwareMemory bg_knn=50
+    inter_weight: float = 0.5  #: CAP: 0.5 * inter-camera (association) loss
+    inter_start_epoch: int = 5  #: CAP crosscam_epoch=5 (of 50 epochs)
+    method_loss_weight: float = 1.0  #: weight of the method's own loss (e.g. ClusterNCE) beside the proxy losses
+    #: camera-aware neighbourhoods for pseudo-labelling: "none" | "standardize" (per-camera feature
+    #: standardisation before the k-reciprocal step, after camera-based BN, Zhuang et al. ECCV 2020)
+    neighbourhood: str = "none"
+    #: cluster each camera separately, then merge clusters across cameras by bilateral cluster matching
+    #: (MBCCM's matching applied to cameras; our own application)
+    matching: bool = False
 
 
 @dataclass
@@ -179,8 +194,9 @@ _CHOICES = {
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
+    "method.camera.neighbourhood": {"none", "standardize"},
     "optim.optimizer": {"adam", "sgd"},
-    "eval.protocol": {"market"},
+    "eval.protocol": {"market", "veri", "regdb", "sysu"},
     "eval.select": {"last", "val"},
 }
 

@@ -1,1 +1,1 @@
-"""unreid.evaluation."""
+"""Evaluation: CMC / mAP / mINP, re-ranking, protocols, feature extraction."""
