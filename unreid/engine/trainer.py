@@ -270,16 +270,20 @@ class Trainer:
                     f"pseudo_labels.on_no_clusters=keep to reuse the previous labels."
                 ) from err
         report = cluster_report(labels.labels, camids=self.method.camids, gt=self._gt_report)
+        # method-specific extras (proxy counts, matching statistics) that the labeller put in its report
+        report.update({k: v for k, v in labels.report.items() if k not in report and not k.startswith("time")})
         report["eps"] = labels.eps
         report["source"] = labels.source
         report["time_extract_s"] = round(t_extract, 2)
         report["time_label_s"] = round(time.time() - t0 - t_extract, 2)
         q = ", ".join(f"{k} {report[k]:.3f}" for k in ("nmi", "ari", "pairwise_precision", "pairwise_recall")
                       if report.get(k) is not None)
+        proxies = f", {report['num_proxies']} camera proxies" if "num_proxies" in report else ""
         log.info(
-            "epoch %d [%s] pseudo-labels: %d clusters, %d outliers (%.1f%%), cross-camera clusters %.1f%%%s",
+            "epoch %d [%s] pseudo-labels: %d clusters, %d outliers (%.1f%%), cross-camera clusters %.1f%%%s%s",
             epoch, self.mode, report["num_clusters"], report["num_outliers"], 100 * report["outlier_ratio"],
-            100 * (report.get("cross_camera_ratio") or 0.0), f"; vs ground truth (report only): {q}" if q else "",
+            100 * (report.get("cross_camera_ratio") or 0.0), proxies,
+            f"; vs ground truth (report only): {q}" if q else "",
         )
         return report
 
@@ -292,17 +296,19 @@ class Trainer:
         assert self.method.labels is not None
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
         loader = build_train_loader(self.method.train_set, sampler, self.cfg.data, cache=self.cache)
+        if len(loader) == 0:
+            raise TrainingStopped(
+                f"epoch {epoch}: the sampler yields {len(sampler)} images from {self.method.labels.num_clusters} "
+                f"clusters, less than one batch of {self.cfg.data.batch_size}; lower data.batch_size, or raise "
+                "pseudo_labels.eps so that more samples are clustered")
         iters = self.cfg.optim.iters or len(loader)
-        if iters == 0:
-            raise TrainingStopped(f"epoch {epoch}: the sampler yields no full batch of {self.cfg.data.batch_size}; "
-                                  "lower data.batch_size or data.num_instances")
         self.model.train()
         sums: dict[str, float] = {}
         bar = tqdm(IterLoader(loader, iters), total=iters, desc=f"epoch {epoch} [{self.mode}]",
                    disable=None, leave=False, mininterval=5)
         for step, batch in enumerate(bar):
             with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16):
-                out = self.method.training_step(batch)
+                out = self.method.step(batch, epoch)
             loss = out.losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingStopped(f"epoch {epoch} step {step}: loss is {loss.item()}; lower optim.lr "
@@ -315,7 +321,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             with torch.no_grad():
-                self.method.update_memory(batch, out.outputs)
+                self.method.after_step(batch, out.outputs)
             vals = {k: float(v.detach()) for k, v in out.losses.items()}
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -1,1 +1,1 @@
-"""unreid.memory."""
+"""Memories: cluster (Cluster Contrast), hybrid (HHCL), camera-aware proxies (CAP)."""

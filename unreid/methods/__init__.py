@@ -1,5 +1,6 @@
-"""Methods: a small class per published method, plugged into the shared engine."""
+"""Methods: each a small class on the shared engine (DESIGN.md, "A method's contract")."""
 
 from unreid.methods.base import METHODS, Method, StepOutput, build_method, register_method
+from unreid.methods.cluster_contrast import ClusterContrast
 
-__all__ = ["METHODS", "Method", "StepOutput", "build_method", "register_method"]
+__all__ = ["METHODS", "ClusterContrast", "Method", "StepOutput", "build_method", "register_method"]

@@ -71,6 +71,8 @@ class Method:
         self.device = torch.device(device)
         self.supervised_labels = None if supervised_labels is None else np.asarray(supervised_labels, np.int64)
         self.labels: PseudoLabels | None = None
+        #: camera-aware proxy memory (``method.camera.proxies``), rebuilt by :meth:`refresh`
+        self.proxy_memory = None
         #: per-sample pseudo-label lookup on ``device``: ``(N,) int64``, -1 for outliers
         self.index_to_label: Tensor | None = None
 
@@ -82,6 +84,15 @@ class Method:
             return PseudoLabels(labels, int(labels.max()) + 1, source="ground_truth")
         from unreid.pseudo_labels import PseudoLabeler
 
+        cam = self.cfg.method.camera
+        if cam.neighbourhood == "standardize":
+            from unreid.pseudo_labels.camera import camera_standardize
+
+            features = camera_standardize(features, self.camids)
+        if cam.matching:
+            from unreid.pseudo_labels.matching import cross_camera_labels
+
+            return cross_camera_labels(features, self.camids, self.cfg.pseudo_labels)
         return PseudoLabeler(self.cfg.pseudo_labels).fit(features, camids=self.camids)
 
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
@@ -91,7 +102,50 @@ class Method:
         """
         labels = self.pseudo_label(epoch, features)
         self.set_labels(labels)
+        self.build_camera_proxies(features, labels)
         return labels
+
+    # ------------------------------------------------------------------ camera-aware proxies (shared)
+    def build_camera_proxies(self, features: Tensor, labels: PseudoLabels) -> None:
+        """With ``method.camera.proxies``: one proxy per (pseudo-id, camera), initialised from
+        ``features`` ``(N, d)`` (CAP, Wang et al. AAAI 2021; ``unreid.memory.proxy``)."""
+        cam = self.cfg.method.camera
+        if not cam.proxies:
+            self.proxy_memory = None
+            return
+        from unreid.memory.proxy import CameraProxyMemory
+
+        self.proxy_memory = CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives,
+                                              cam.inter_weight, device=self.device)
+        self.proxy_memory.build(features, labels.labels, self.camids)
+        labels.report.update(self.proxy_memory.report())
+
+    def step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:
+        """What the trainer calls: :meth:`training_step`, plus the camera-aware proxy losses when
+        ``method.camera.proxies`` is on (the method's own loss weighted by ``method_loss_weight``).
+
+        ``training_step`` must then return the batch features with their graph as
+        ``outputs["features"]`` ``(B, d)``.
+        """
+        out = self.training_step(batch)
+        pm = getattr(self, "proxy_memory", None)
+        if pm is None:
+            return out
+        cam = self.cfg.method.camera
+        feats = out.outputs["features"]
+        terms = pm.losses(feats, batch["index"], use_inter=epoch >= cam.inter_start_epoch)
+        losses = dict(out.losses)
+        losses["loss"] = cam.method_loss_weight * losses["loss"] + terms["intra_camera"] + terms["inter_camera"]
+        losses.update({k: v.detach() for k, v in terms.items()})
+        return StepOutput(losses, out.outputs)
+
+    @torch.no_grad()
+    def after_step(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
+        """What the trainer calls after ``optimizer.step()``: :meth:`update_memory` and the proxy update."""
+        self.update_memory(batch, outputs)
+        pm = getattr(self, "proxy_memory", None)
+        if pm is not None:
+            pm.update(outputs["features"].detach(), batch["index"])
 
     def set_labels(self, labels: PseudoLabels) -> None:
         self.labels = labels
@@ -130,12 +184,23 @@ class Method:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Memories and labels, so that a resumed run continues exactly."""
-        return {"labels": None if self.labels is None else self.labels.labels.copy(),
-                "num_clusters": None if self.labels is None else self.labels.num_clusters}
+        state: dict[str, Any] = {"labels": None if self.labels is None else self.labels.labels.copy(),
+                                 "num_clusters": None if self.labels is None else self.labels.num_clusters}
+        pm = getattr(self, "proxy_memory", None)
+        if pm is not None:
+            state["proxy_memory"] = pm.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("labels") is not None:
             self.set_labels(PseudoLabels(state["labels"], int(state["num_clusters"])))
+        if state.get("proxy_memory") is not None:
+            from unreid.memory.proxy import CameraProxyMemory
+
+            cam = self.cfg.method.camera
+            self.proxy_memory = CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives,
+                                                  cam.inter_weight, device=self.device)
+            self.proxy_memory.load_state_dict(state["proxy_memory"])
 
 
 METHODS: dict[str, Callable[..., Method]] = {}

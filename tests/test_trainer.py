@@ -1,0 +1,67 @@
+"""The trainer: exact resume, output-folder safety, supervised/unsupervised separation, metrics file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import tiny_overrides
+from unreid.config import load_config
+from unreid.engine import Trainer
+from unreid.engine.checkpoint import load_checkpoint
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_exactly(synthetic_root, tmp_path):
+    full = tmp_path / "full"
+    cfg = load_config(None, tiny_overrides(synthetic_root, full, **{"optim.epochs": 2}))
+    Trainer(cfg).train()
+
+    part = tmp_path / "part"
+    cfg1 = load_config(None, tiny_overrides(synthetic_root, part, **{"optim.epochs": 1}))
+    Trainer(cfg1).train()
+    cfg2 = load_config(None, tiny_overrides(synthetic_root, part, **{"optim.epochs": 2}))
+    Trainer(cfg2, resume=True).train()
+
+    a = load_checkpoint(full / "checkpoint_last.pth")
+    b = load_checkpoint(part / "checkpoint_last.pth")
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert torch.equal(a["method"]["labels"], b["method"]["labels"])
+    last_a, last_b = _metrics(full)[-1], _metrics(part)[-1]
+    assert last_a["losses"] == last_b["losses"]
+    assert last_a["test"]["mAP"] == last_b["test"]["mAP"]
+
+
+def test_existing_run_is_never_overwritten(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(synthetic_root, out, **{"optim.epochs": 1, "optim.iters": 1}))
+    Trainer(cfg).train()
+    before = (out / "checkpoint_last.pth").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg)
+    assert (out / "checkpoint_last.pth").read_bytes() == before
+
+
+def test_supervised_mode_is_marked_everywhere(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, tiny_overrides(synthetic_root, out, **{
+        "optim.epochs": 1, "optim.iters": 1, "method.supervised": True}))
+    trainer = Trainer(cfg)
+    trainer.train()
+    assert trainer.output_dir.name == "run-SUPERVISED" and not out.exists()
+    rows = _metrics(trainer.output_dir)
+    assert all(r["mode"] == "supervised" for r in rows)
+    assert rows[-1]["pseudo_labels"]["source"] == "ground_truth"
+    assert "SUPERVISED" in (trainer.output_dir / "train.log").read_text()
+    assert load_checkpoint(trainer.output_dir / "checkpoint_last.pth")["mode"] == "supervised"
+    # an unsupervised config can not resume a supervised run
+    cfg_u = load_config(None, tiny_overrides(synthetic_root, trainer.output_dir, **{"optim.epochs": 2}))
+    with pytest.raises(ValueError, match="supervised"):
+        Trainer(cfg_u, resume=True)
