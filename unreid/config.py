@@ -101,6 +101,7 @@ class HHCLConfig:
     hard_weight: float = 0.5  #: w; the public code always uses 0.5 (flag parsed but not passed)
     legacy_weighting: bool = True  #: CMhybrid loss literally w*(CE_hard + (1-w)*CE_centroid)
     num_slots: int = 16  #: P of CMhybrid_v2 (public code ties it to --num-instances)
+    label_smoothing: float = 0.0  #: HHCL --smooth > 0 means label smoothing 0.1 (CrossEntropyLabelSmooth)
 
 
 @dataclass
