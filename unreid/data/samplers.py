@@ -1,123 +1,181 @@
-"""P x K samplers over pseudo-labels (outliers, label -1, are never drawn).
+"""P x K samplers over pseudo-labels: they yield dataset indices; outliers (label -1) are never drawn.
 
-* ``camera_aware``: Cluster Contrast's ``RandomMultipleGallerySampler``
-  (alibaba/cluster-contrast-reid ``clustercontrast/utils/data/sampler.py``; ANCHORS.md): for every
-  pseudo-identity in random order, one random anchor image, then ``K-1`` images of the same
-  pseudo-identity taken from **other cameras** (without replacement when there are enough, with
-  replacement otherwise); when no other camera has it, from the same camera; a single-image
-  pseudo-identity contributes just that image.
-* ``random_identity``: the classic P x K sampler (torchreid ``RandomIdentitySampler``): each identity's
-  images shuffled and cut into groups of K (with replacement when it has fewer than K); groups of
-  ``P = batch_size / K`` different identities form each batch.
+* ``camera_aware`` - Cluster Contrast's ``RandomMultipleGallerySampler`` (alibaba/cluster-contrast-reid
+  ``clustercontrast/utils/data/sampler.py``; ANCHORS.md). For every pseudo-identity, in a random order:
+  one random anchor image, then ``K-1`` images of the same pseudo-identity from **other cameras** than the
+  anchor's - drawn without replacement when at least ``K`` such images exist, with replacement otherwise
+  (CC's exact threshold: ``>= K``, not ``>= K-1``); when no other camera has the pseudo-identity, the
+  ``K-1`` come from its other images in the same camera (same rule); a single-image pseudo-identity
+  contributes only its anchor. ``batch_size`` is not used: consecutive groups of K fill the batches, as
+  in CC (a single-image pseudo-identity shifts the grouping, as there).
+* ``random_identity`` - the classic P x K sampler (torchreid ``torchreid/data/sampler.py``
+  ``RandomIdentitySampler``): each identity's images are shuffled (drawn K times with replacement when
+  it has fewer than K) and cut into groups of K (an incomplete last group is dropped); while at least
+  ``P = batch_size / K`` identities still have groups, P distinct ones are drawn and one group of each
+  is emitted, so every batch of ``batch_size`` holds K images of each of P distinct identities.
 
-Both are deterministic for a given ``seed`` (own ``numpy.random.Generator``; global RNGs untouched).
+Deviations from the references, on purpose: randomness comes from the sampler's own
+``numpy.random.Generator`` seeded from ``(seed, pass number)`` - never a global RNG - so a run is
+reproducible and every pass (every ``iter()``, e.g. when :class:`unreid.data.loader.IterLoader` restarts
+the loader within an epoch) draws a fresh order. ``len()`` is the exact length of the next pass (CC
+returns ``#ids * K`` even when single-image ids yield fewer indices; torchreid an estimate).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
 
+SAMPLERS = ("camera_aware", "random_identity")
 
-def _groups(labels: np.ndarray) -> dict[int, np.ndarray]:
+
+def _groups(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of each label >= 0, labels in increasing order, indices increasing."""
     idx = np.flatnonzero(labels >= 0)
     if idx.size == 0:
-        raise ValueError("the sampler got no clustered sample (every label is -1); nothing to train on")
-    out: dict[int, list[int]] = defaultdict(list)
-    for i in idx:
-        out[int(labels[i])].append(int(i))
-    return {k: np.asarray(v) for k, v in sorted(out.items())}
+        raise ValueError(
+            "the sampler got no clustered sample (every label is -1): nothing to train on; raise "
+            "pseudo_labels.eps or lower pseudo_labels.min_samples so that clusters form")
+    order = idx[np.argsort(labels[idx], kind="stable")]
+    cuts = np.flatnonzero(np.diff(labels[order])) + 1
+    return np.split(order, cuts)
 
 
-class CameraAwareSampler(Sampler[int]):
-    """Cluster Contrast's RandomMultipleGallerySampler (see module docstring).
+class _PassSampler(Sampler[int]):
+    """A sampler that draws a new order per pass from ``default_rng([seed, pass])``; ``len`` is exact."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.seed = int(seed) % 2**63
+        self._pass = 0
+        self._next: list[int] | None = None
+
+    def _build(self, rng: np.random.Generator) -> list[int]:
+        raise NotImplementedError
+
+    def _peek(self) -> list[int]:
+        if self._next is None:
+            self._next = self._build(np.random.default_rng([self.seed, self._pass]))
+        return self._next
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._peek()
+        self._next, self._pass = None, self._pass + 1
+        return iter(order)
+
+    def __len__(self) -> int:
+        return len(self._peek())
+
+
+class CameraAwareSampler(_PassSampler):
+    """Cluster Contrast's ``RandomMultipleGallerySampler`` (rules in the module docstring).
 
     Args:
-        labels: ``(N,) int`` pseudo-labels (-1 = outlier).
-        camids: ``(N,) int`` cameras.
-        num_instances: K.
-        seed: RNG seed of this pass.
+        labels: ``(N,) int`` pseudo-labels, ``-1`` = outlier (never yielded).
+        camids: ``(N,) int`` camera of each sample.
+        num_instances: K, images per pseudo-identity per pass (>= 1).
+        seed: seed of the sampler's own generator (pass ``p`` uses ``default_rng([seed, p])``).
+
+    Raises:
+        ValueError: no label >= 0, mismatched shapes, or ``num_instances < 1``.
     """
 
     def __init__(self, labels: np.ndarray, camids: np.ndarray, num_instances: int, seed: int = 0) -> None:
-        self.labels = np.asarray(labels)
-        self.camids = np.asarray(camids)
-        self.k = num_instances
-        self.seed = seed
-        self.groups = _groups(self.labels)
-        self._order = self._build()
+        super().__init__(seed)
+        labels, camids = np.asarray(labels), np.asarray(camids)
+        if labels.ndim != 1 or camids.shape != labels.shape:
+            raise ValueError(f"labels {labels.shape} and camids {camids.shape} must be 1-D of equal length")
+        if num_instances < 1:
+            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+        self.k = int(num_instances)
+        self.groups = _groups(labels)
+        self.group_cams = [camids[g] for g in self.groups]
 
-    def _build(self) -> list[int]:
-        rng = np.random.default_rng(self.seed)
+    def _build(self, rng: np.random.Generator) -> list[int]:
         out: list[int] = []
-        for key in rng.permutation(list(self.groups)):
-            members = self.groups[int(key)]
-            anchor = int(rng.choice(members))
-            out.append(anchor)
+        for gi in rng.permutation(len(self.groups)):
+            members, cams = self.groups[gi], self.group_cams[gi]
+            a = int(rng.integers(len(members)))
+            out.append(int(members[a]))
             if len(members) == 1 or self.k == 1:
                 continue
-            others = members[members != anchor]
-            pool = others[self.camids[others] != self.camids[anchor]]
+            pool = np.flatnonzero(cams != cams[a])  # other cameras
             if pool.size == 0:
-                pool = others
-            picks = rng.choice(pool, size=self.k - 1, replace=pool.size < self.k - 1)
-            out.extend(int(i) for i in picks)
+                pool = np.delete(np.arange(len(members)), a)  # same camera, anchor excluded
+            picks = rng.choice(pool, size=self.k - 1, replace=pool.size < self.k)
+            out.extend(members[picks].tolist())
         return out
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._order)
 
-    def __len__(self) -> int:
-        return len(self._order)
+class RandomIdentitySampler(_PassSampler):
+    """Classic P x K sampling (torchreid ``RandomIdentitySampler``; rules in the module docstring).
 
+    Args:
+        labels: ``(N,) int`` labels, ``-1`` = outlier (never yielded).
+        batch_size: P * K.
+        num_instances: K.
+        seed: seed of the sampler's own generator (pass ``p`` uses ``default_rng([seed, p])``).
 
-class RandomIdentitySampler(Sampler[int]):
-    """Classic P x K sampling (see module docstring); every yielded batch of ``batch_size`` holds K
-    images of each of P distinct identities."""
+    Raises:
+        ValueError: no label >= 0, or ``batch_size`` not a positive multiple of ``num_instances``.
+    """
 
     def __init__(self, labels: np.ndarray, batch_size: int, num_instances: int, seed: int = 0) -> None:
-        if batch_size % num_instances:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of num_instances {num_instances}")
-        self.groups = _groups(np.asarray(labels))
-        self.k = num_instances
+        super().__init__(seed)
+        labels = np.asarray(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+        if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
+            raise ValueError(
+                f"batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})")
+        self.k = int(num_instances)
         self.p = batch_size // num_instances
-        self.seed = seed
-        self._order = self._build()
+        self.groups = _groups(labels)
 
-    def _build(self) -> list[int]:
-        rng = np.random.default_rng(self.seed)
-        chunks: dict[int, list[np.ndarray]] = {}
-        for key, members in self.groups.items():
-            m = rng.choice(members, size=self.k, replace=True) if len(members) < self.k else rng.permutation(members)
-            chunks[key] = [m[i:i + self.k] for i in range(0, len(m) - self.k + 1, self.k)]
+    def _build(self, rng: np.random.Generator) -> list[int]:
+        chunks: list[list[np.ndarray]] = []
+        for members in self.groups:
+            if len(members) < self.k:
+                m = rng.choice(members, size=self.k, replace=True)
+            else:
+                m = rng.permutation(members)
+            chunks.append([m[i:i + self.k] for i in range(0, len(m) - self.k + 1, self.k)])
         out: list[int] = []
-        avail = [k for k in chunks if chunks[k]]
+        avail = list(range(len(chunks)))
         while len(avail) >= self.p:
-            chosen = rng.choice(avail, size=self.p, replace=False)
-            for key in chosen:
-                out.extend(int(i) for i in chunks[int(key)].pop(0))
-            avail = [k for k in avail if chunks[k]]
+            for gi in rng.choice(avail, size=self.p, replace=False):
+                out.extend(chunks[gi].pop(0).tolist())
+            avail = [g for g in avail if chunks[g]]
         return out
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
 
 
 def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_instances: int,
                   kind: str = "camera_aware", seed: int = 0) -> Sampler[int]:
-    """The sampler ``kind`` (``"camera_aware"`` | ``"random_identity"``) over ``labels``.
+    """The training sampler ``kind`` over (pseudo-)labels.
+
+    Args:
+        labels: ``(N,) int`` labels of the training samples, ``-1`` = outlier (never yielded).
+        camids: ``(N,) int`` cameras (used by ``camera_aware``).
+        batch_size: images per batch (P * K; ``random_identity`` needs a multiple of K).
+        num_instances: K, images per identity in a batch.
+        kind: ``"camera_aware"`` (CC RandomMultipleGallerySampler) | ``"random_identity"`` (P x K).
+        seed: seed of the sampler's own generator; the same seed gives the same passes.
+
+    Returns:
+        a ``Sampler[int]`` of dataset indices; ``len()`` is the exact length of its next pass.
 
     Raises:
-        ValueError: unknown kind, or no clustered sample.
+        ValueError: unknown ``kind``, no label >= 0, mismatched shapes or bad sizes.
     """
     if kind == "camera_aware":
+        if batch_size < num_instances:
+            raise ValueError(f"batch_size ({batch_size}) must be >= num_instances ({num_instances})")
         return CameraAwareSampler(labels, camids, num_instances, seed)
     if kind == "random_identity":
+        if np.shape(camids) != np.shape(labels):
+            raise ValueError(
+                f"labels {np.shape(labels)} and camids {np.shape(camids)} must have equal length")
         return RandomIdentitySampler(labels, batch_size, num_instances, seed)
-    raise ValueError(f"unknown sampler {kind!r}; choose camera_aware or random_identity")
+    raise ValueError(f"unknown sampler {kind!r}; choose one of {SAMPLERS} (data.sampler)")

@@ -1,90 +1,142 @@
 """Dataset registry: ``build_dataset(name, root, **options) -> ReIDData``.
 
-One small loader per family (DESIGN.md; after torchreid's ``dataset.py`` / ``market1501.py``): each
-checks its folders first and raises ``FileNotFoundError`` naming what is missing and the expected
-layout. ``DATASETS`` describes every family (``unreid datasets`` prints it).
+One small loader per family (DESIGN.md; after torchreid ``torchreid/data/datasets/dataset.py`` /
+``image/market1501.py``, without its global registration side effects): each checks its folders before
+loading (torchreid ``check_before_run``) and raises ``FileNotFoundError`` naming what is missing and
+showing the expected layout. ``root`` may be the data set folder itself or its parent (the family's
+usual folder names are tried). :data:`DATASETS` describes every family; ``unreid datasets`` prints it.
+
+Image files are not opened here (listing 100k files must stay fast): an unreadable image is handled
+by the loader (:mod:`unreid.data.loader`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from unreid.data.datasets._util import check_options
 from unreid.data.datasets.base import INFRARED, VISIBLE, ReIDData, Sample
 from unreid.data.datasets.cuhk03 import CUHK03_LAYOUT, cuhk03
 from unreid.data.datasets.folder import FOLDER_LAYOUT, folder
-from unreid.data.datasets.market1501 import DUKE_LAYOUT, MARKET_LAYOUT, dukemtmc, market1501
+from unreid.data.datasets.market1501 import (
+    DUKE_LAYOUT,
+    MARKET_LAYOUT,
+    dukemtmc,
+    load_market_layout,
+    market1501,
+)
 from unreid.data.datasets.msmt17 import MSMT_LAYOUT, msmt17
 from unreid.data.datasets.regdb import REGDB_LAYOUT, regdb
 from unreid.data.datasets.veri776 import VERI_LAYOUT, veri776
 
 SYNTHETIC_LAYOUT = """\
-generated on first use into <root>/synthetic-<hash of the options>/ in Market-1501 layout
-options (data.synthetic.*): num_ids, num_test_ids, num_cameras, images_per_id_cam, height, width, seed
+<root>/synthetic-<hash of the options and generator version>/   generated on first use, then reused
+  .complete  bounding_box_train/  query/  bounding_box_test/     Market-1501 layout (PPPP_cCs1_FFFFFF_00.jpg)
+options (config: data.synthetic.*): num_ids, num_test_ids, num_cameras, images_per_id_cam, height, width, seed
 """
 
 
 def synthetic(root: str, **options) -> ReIDData:
-    """The procedural data set of :mod:`unreid.data.synthetic`, generated once per option set."""
-    from unreid.data.datasets.market1501 import load_market_layout
-    from unreid.data.synthetic import generate
+    """The procedural data set of :mod:`unreid.data.synthetic`, generated once per option set.
 
-    allowed = {"num_ids", "num_test_ids", "num_cameras", "images_per_id_cam", "height", "width", "seed"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(f"synthetic: unknown options {sorted(unknown)}; allowed: {sorted(allowed)}")
-    key = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
-    folder_ = Path(root).expanduser() / f"synthetic-{key}"
-    if not folder_.exists():
-        generate(folder_, **options)
-    data = load_market_layout(folder_, "synthetic", MARKET_LAYOUT)
-    data.info["options"] = dict(options)
+    The folder ``<root>/synthetic-<key>/`` (``key`` = SHA-1 of the full option set, defaults filled in,
+    and :data:`unreid.data.synthetic.GENERATOR_VERSION`) is reused when it holds the ``.complete``
+    marker that :func:`unreid.data.synthetic.generate` writes last; otherwise it is generated.
+
+    Args:
+        root: parent folder of the generated data sets.
+        **options: keyword arguments of :func:`unreid.data.synthetic.generate` (the fields of
+            ``unreid.config.SyntheticConfig``).
+
+    Raises:
+        ValueError: an unknown option (the message lists the accepted ones) or an invalid value.
+        FileExistsError: the target folder exists without the ``.complete`` marker (delete it).
+    """
+    from unreid.data.synthetic import COMPLETE_MARKER, GENERATOR_VERSION, generate
+
+    params = inspect.signature(generate).parameters
+    check_options("synthetic", generate, options)
+    full = {k: p.default for k, p in params.items() if k != "root"} | options
+    full = {k: int(v) for k, v in full.items()}
+    text = json.dumps({"generator": GENERATOR_VERSION, **full}, sort_keys=True)
+    key = hashlib.sha1(text.encode()).hexdigest()[:10]
+    target = Path(root).expanduser() / f"synthetic-{key}"
+    if not (target / COMPLETE_MARKER).is_file():
+        if target.exists() and any(target.iterdir()):
+            raise FileExistsError(f"synthetic: {target} exists but has no {COMPLETE_MARKER} marker (an "
+                                  "interrupted or foreign folder); delete it and run again")
+        try:
+            generate(target, **full)
+        except FileExistsError:  # another process generated it meanwhile
+            if not (target / COMPLETE_MARKER).is_file():
+                raise
+    data = load_market_layout(target, "synthetic", SYNTHETIC_LAYOUT)
+    data.info["options"] = full
     return data
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """A dataset family: its loader, a one-line description and the expected layout."""
+    """A dataset family (what ``unreid datasets`` prints).
+
+    Attributes:
+        name: registry key (``data.name``).
+        description: one line.
+        layout: multi-line text: the expected tree, the file-name pattern and the options.
+        loader: ``loader(root, **options) -> ReIDData``.
+    """
 
     name: str
-    loader: Callable[..., ReIDData]
     description: str
     layout: str
+    loader: Callable[..., ReIDData]
 
 
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
-        DatasetInfo("market1501", market1501, "Market-1501 (6 cameras, 751 / 750 ids); any Market-layout folder",
-                    MARKET_LAYOUT),
-        DatasetInfo("dukemtmc", dukemtmc, "DukeMTMC-reID (8 cameras, 702 / 1,110 ids)", DUKE_LAYOUT),
-        DatasetInfo("msmt17", msmt17, "MSMT17 V1 / V2 (15 cameras, 1,041 / 3,060 ids)", MSMT_LAYOUT),
-        DatasetInfo("cuhk03", cuhk03, "CUHK03 new protocol, detected or labeled (767 / 700 ids)", CUHK03_LAYOUT),
-        DatasetInfo("veri776", veri776, "VeRi-776 vehicles (20 cameras, 576 / 200 ids)", VERI_LAYOUT),
-        DatasetInfo("regdb", regdb, "RegDB visible-thermal (10 trials, 206 / 206 ids)", REGDB_LAYOUT),
-        DatasetInfo("folder", folder, "any folder of unlabeled images (training only)", FOLDER_LAYOUT),
-        DatasetInfo("synthetic", synthetic, "procedural identities and cameras (tests, demo)", SYNTHETIC_LAYOUT),
+        DatasetInfo("market1501", "Market-1501 (6 cameras, 751 / 750 ids); any folder in its layout",
+                    MARKET_LAYOUT, market1501),
+        DatasetInfo("dukemtmc", "DukeMTMC-reID (8 cameras, 702 / 1,110 ids)", DUKE_LAYOUT, dukemtmc),
+        DatasetInfo("msmt17", "MSMT17 V1 / V2 (15 cameras, 1,041 / 3,060 ids), official or Market-style",
+                    MSMT_LAYOUT, msmt17),
+        DatasetInfo("cuhk03", "CUHK03 new protocol, detected or labeled (767 / 700 ids), or Market-style",
+                    CUHK03_LAYOUT, cuhk03),
+        DatasetInfo("veri776", "VeRi-776 vehicles (20 cameras, 576 / 200 ids)", VERI_LAYOUT, veri776),
+        DatasetInfo("regdb", "RegDB visible-thermal persons (10 trials, 206 / 206 ids)", REGDB_LAYOUT, regdb),
+        DatasetInfo("folder", "any folder of unlabeled images (training only)", FOLDER_LAYOUT, folder),
+        DatasetInfo("synthetic", "procedural identities seen by differing cameras (tests, demo)",
+                    SYNTHETIC_LAYOUT, synthetic),
     )
 }
 
 
 def build_dataset(name: str, root: str, **options) -> ReIDData:
-    """Load dataset ``name`` from ``root`` (the data set folder or its parent).
+    """Load data set family ``name`` from ``root`` (the data set folder or its parent).
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        root: folder path (``~`` expanded).
+        **options: the family's options (``data.options`` in the config; see ``unreid datasets``).
+
+    Returns:
+        :class:`ReIDData` with train (ids relabelled 0..P-1, or -1 when unlabeled), query and gallery.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
+        ValueError: an option the family does not take, or a bad option value.
         FileNotFoundError: a required folder or file is missing (the message shows the layout).
-        ValueError: a wrong option.
     """
     if name not in DATASETS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (see `unreid datasets`)")
-    try:
-        return DATASETS[name].loader(root, **options)
-    except TypeError as err:
-        raise ValueError(f"{name}: bad data.options {options}: {err}") from err
+    loader = DATASETS[name].loader
+    check_options(name, loader, options)
+    return loader(root, **options)
 
 
 __all__ = ["DATASETS", "INFRARED", "VISIBLE", "DatasetInfo", "ReIDData", "Sample", "build_dataset"]

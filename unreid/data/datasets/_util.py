@@ -1,21 +1,31 @@
-"""Helpers shared by the dataset families: folder checks with layout-aware errors, relabelling."""
+"""Helpers shared by the dataset families: root resolution, folder checks with layout-aware errors,
+image listing and relabelling (after torchreid ``torchreid/data/datasets/dataset.py``,
+``check_before_run`` / ``relabel``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from unreid.data.datasets.base import Sample
 
+#: image file extensions every family accepts (case-insensitive)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def resolve_root(root: str | Path, marker: str, candidates: Iterable[str]) -> Path:
-    """``root`` itself when it holds ``marker``, else the first ``root/<candidate>`` that does.
+    """The data set folder: ``root`` itself when it holds ``marker``, else the first ``root/<candidate>``
+    that does.
 
     Lets users pass either the data set folder or its parent (``data/`` holding
-    ``Market-1501-v15.09.15/``). Returns ``root`` unchanged when nothing matches (the caller's check
-    then names what is missing).
+    ``Market-1501-v15.09.15/``). Returns ``root`` unchanged when nothing matches, so that the caller's
+    :func:`require` names what is missing there.
+
+    Args:
+        root: folder given by the user (``~`` expanded).
+        marker: a file or folder name that only the data set folder holds (e.g. ``bounding_box_train``).
+        candidates: the family's usual folder names, tried in order.
     """
     root = Path(root).expanduser()
     if (root / marker).exists():
@@ -27,22 +37,43 @@ def resolve_root(root: str | Path, marker: str, candidates: Iterable[str]) -> Pa
 
 
 def require(root: Path, names: Iterable[str], dataset: str, layout: str) -> None:
-    """Raise ``FileNotFoundError`` naming every missing entry and showing the expected layout."""
-    missing = [n for n in names if not (root / n).exists()]
+    """Check the data set folder before loading (torchreid ``check_before_run``).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or some of ``names`` (relative paths) are missing
+            under it; the message names every missing entry and shows the expected ``layout``.
+    """
     if not root.is_dir():
         missing = [str(root)]
+    else:
+        missing = [n for n in names if not (root / n).exists()]
     if missing:
         raise FileNotFoundError(
             f"{dataset}: {', '.join(missing)} not found under {root}.\nExpected layout:\n{layout.rstrip()}\n"
-            f"(set data.root to the folder that holds it; `unreid datasets` lists every layout)")
+            "(set data.root to the data set folder or its parent; `unreid datasets` lists every layout)"
+        )
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    """Image files (:data:`IMAGE_EXTS`) directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
 def relabel(samples: list[Sample]) -> list[Sample]:
-    """Training identities mapped to ``0..P-1`` in sorted order."""
+    """Training identities mapped to ``0..P-1`` in sorted order of the original ids (sample order kept)."""
     mapping = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
     return [Sample(s.path, mapping[s.pid], s.camid, s.modality) for s in samples]
+
+
+def check_options(name: str, loader: Callable, options: dict) -> None:
+    """Raise ``ValueError`` listing the accepted options when ``options`` holds a key ``loader`` lacks."""
+    params = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items()
+                if n != "root" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown data.options {unknown}; accepted: {accepted or 'none'} (see `unreid datasets`)"
+        )
