@@ -481,7 +481,8 @@ def load_model_from_checkpoint(path: str | Path, cfg: Config | None = None) -> t
     ckpt = load_checkpoint(path)
     if cfg is None:
         cfg = from_dict(ckpt["config"])
-    model = build_model(cfg.model)
+    # The checkpoint supplies every weight: skip ImageNet / model.weights loading (offline-safe).
+    model = build_model(cfg.model, init_weights=False)
     model.load_state_dict(ckpt["model"])
     return model, cfg
 

@@ -1,6 +1,16 @@
-"""Re-ID models: backbones (ResNet +IBN-a, EfficientNet-Lite, timm), GeM pooling, BNNeck."""
+"""Re-ID models: backbones (torchvision ResNet with last stride and IBN-a, EfficientNet-Lite, timm),
+GeM / average pooling, BNNeck. The trainer calls :func:`build_model`."""
 
-from unreid.models.heads import BNNeck, GeneralizedMeanPooling
-from unreid.models.reid import ReIDModel, build_backbone, build_model
+from unreid.models.heads import AvgPooling, BNNeck, GeneralizedMeanPooling, build_pooling
+from unreid.models.reid import BACKBONES, ReIDModel, build_backbone, build_model
 
-__all__ = ["BNNeck", "GeneralizedMeanPooling", "ReIDModel", "build_backbone", "build_model"]
+__all__ = [
+    "BACKBONES",
+    "AvgPooling",
+    "BNNeck",
+    "GeneralizedMeanPooling",
+    "ReIDModel",
+    "build_backbone",
+    "build_model",
+    "build_pooling",
+]

@@ -1,4 +1,4 @@
-"""The re-ID network: backbone -> pooling -> (embedding) -> BNNeck -> feature."""
+"""The re-ID network: backbone -> pooling -> (linear embedding) -> BNNeck -> feature."""
 
 from __future__ import annotations
 
@@ -6,68 +6,136 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unreid.config import ModelConfig
+from unreid.models.backbones import (
+    EFFICIENTNET_LITES,
+    RESNETS,
+    EfficientNetLiteBackbone,
+    ResNetBackbone,
+    TimmBackbone,
+)
 from unreid.models.heads import BNNeck, build_pooling
+
+#: accepted ``model.backbone`` values (plus ``timm:<name>``)
+BACKBONES: tuple[str, ...] = tuple(sorted(RESNETS)) + tuple(sorted(EFFICIENTNET_LITES)) + ("timm:<name>",)
 
 
 class ReIDModel(nn.Module):
-    """Backbone + pooling + optional linear embedding + BNNeck.
+    """Backbone + global pooling + optional linear embedding + BNNeck, as Cluster Contrast's
+    ``clustercontrast/models/resnet.py`` (``base`` -> ``gap`` -> ``feat`` -> ``feat_bn``).
 
-    Cluster Contrast's ``clustercontrast/models/resnet.py``: pooled feature -> (``feat`` Linear when
-    ``num_features > 0``) -> ``feat_bn`` (BNNeck, frozen bias). In training mode the BNNeck output is
-    returned **un-normalised** (the memories normalise it); in eval mode it is L2-normalised (cosine
-    retrieval).
+    * ``backbone``: image -> feature map ``(B, C, H', W')``; ``pool``: GeM or average -> ``(B, C)``.
+    * ``embedding``: ``nn.Linear(C, embedding_dim)`` when ``cfg.embedding_dim > 0`` (CC ``feat``, weight
+      Kaiming-normal fan-out, bias 0), else identity.
+    * ``neck``: :class:`~unreid.models.heads.BNNeck` (CC ``feat_bn``, frozen zero bias) when ``cfg.bnneck``,
+      else identity.
 
-    Shapes: input ``(B, 3, H, W)`` float (ImageNet-normalised); output ``(B, feature_dim)`` float32.
+    Output of :meth:`forward`:
+
+    * **train mode**: the BNNeck output, **not** normalised, float32 (Cluster Contrast feeds it to its
+      memory, which normalises). With an embedding, CC applies a ReLU to it in training only
+      (``elif self.has_embedding: bn_x = F.relu(bn_x)``); reproduced. Then dropout (``cfg.dropout``).
+    * **eval mode**: the BNNeck output L2-normalised along dim 1 (cosine retrieval), float32.
+
+    Args:
+        backbone: a module with ``out_channels`` returning ``(B, out_channels, H', W')``.
+        cfg: ``model`` section of the config (pooling, gem_p, gem_trainable, embedding_dim, bnneck, dropout).
+
+    Attributes:
+        feature_dim: d, the output width (``embedding_dim`` if > 0 else ``backbone.out_channels``).
+
+    Raises:
+        ValueError: ``embedding_dim < 0``, ``dropout`` outside [0, 1), or an unknown pooling.
     """
 
     def __init__(self, backbone: nn.Module, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.embedding_dim < 0:
+            raise ValueError(f"model.embedding_dim must be >= 0 (0 = no embedding), got {cfg.embedding_dim}")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
         self.backbone = backbone
         self.pool = build_pooling(cfg.pooling, cfg.gem_p, cfg.gem_trainable)
-        dim = backbone.out_channels
+        dim = int(backbone.out_channels)
+        self.has_embedding = cfg.embedding_dim > 0
         self.embedding: nn.Module = nn.Identity()
-        if cfg.embedding_dim > 0:
-            self.embedding = nn.Linear(dim, cfg.embedding_dim)
-            nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
-            nn.init.zeros_(self.embedding.bias)
+        if self.has_embedding:
+            linear = nn.Linear(dim, cfg.embedding_dim)
+            nn.init.kaiming_normal_(linear.weight, mode="fan_out")
+            nn.init.zeros_(linear.bias)
+            self.embedding = linear
             dim = cfg.embedding_dim
         self.neck: nn.Module = BNNeck(dim) if cfg.bnneck else nn.Identity()
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout: nn.Module = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.feature_dim = dim
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Pooled (pre-BNNeck) features ``(B, C)``."""
-        return self.pool(self.backbone(x))
+        """The feature that enters the BNNeck (pooled, after the embedding when there is one).
 
-    def forward(self, x: Tensor, return_map: bool = False):
+        Shapes: ``(B, 3, H, W) -> (B, feature_dim)`` float32, not normalised, in any mode.
+        """
+        return self.embedding(self.pool(self.backbone(x))).float()
+
+    def forward(self, x: Tensor, return_map: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Re-ID features.
+
+        Args:
+            x: ``(B, 3, H, W)`` float images (ImageNet-normalised).
+            return_map: also return the backbone feature map (for part / stripe features).
+
+        Returns:
+            ``f``: ``(B, feature_dim)`` float32 - un-normalised in train mode, unit L2 norm in eval mode
+            (see class docstring); with ``return_map``, ``(f, fmap)`` where ``fmap`` is ``(B, C, H', W')``.
+        """
         fmap = self.backbone(x)
-        f = self.neck(self.embedding(self.pool(fmap)))
+        f = self.neck(self.embedding(self.pool(fmap))).float()
         if self.training:
+            if self.has_embedding:
+                f = F.relu(f)
             f = self.dropout(f)
         else:
             f = F.normalize(f, dim=1)
         return (f, fmap) if return_map else f
 
 
-def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """The backbone named by ``cfg.backbone`` (see ``ModelConfig``).
+def build_backbone(cfg: ModelConfig, init_weights: bool = True) -> nn.Module:
+    """The backbone named by ``cfg.backbone``.
+
+    Names: ``resnet18/34/50/101``, ``resnet50_ibn_a``, ``resnet101_ibn_a`` (:class:`ResNetBackbone`,
+    ``cfg.last_stride`` applies), ``efficientnet_lite0/1/2`` (:class:`EfficientNetLiteBackbone`),
+    ``timm:<name>`` (:class:`TimmBackbone`).
+
+    Args:
+        cfg: the ``model`` config.
+        init_weights: load ``cfg.weights`` / the ImageNet weights of ``cfg.pretrained``. Pass False when a
+            trained checkpoint is loaded right after (no download, no need for the ImageNet file).
 
     Raises:
-        ValueError: unknown name (lists the choices).
+        ValueError: unknown name (the message lists the choices).
+        ImportError, RuntimeError, FileNotFoundError: see the backbone classes.
     """
-    from unreid.models.backbones import RESNETS, EfficientNetLiteBackbone, ResNetBackbone, TimmBackbone
-
     name = cfg.backbone
+    pretrained = bool(cfg.pretrained) and init_weights
+    weights = cfg.weights if init_weights else None
     if name in RESNETS:
-        return ResNetBackbone(name, cfg.pretrained, cfg.weights, cfg.last_stride)
-    if name.startswith("efficientnet_lite"):
-        return EfficientNetLiteBackbone(name, cfg.pretrained, cfg.weights)
-    if name.startswith("timm:"):
-        return TimmBackbone(name[5:], cfg.pretrained, cfg.weights)
-    raise ValueError(f"unknown backbone {name!r}; choose from {sorted(RESNETS)}, efficientnet_lite0/1/2, "
-                     "or timm:<model name>")
+        return ResNetBackbone(name, pretrained, weights, cfg.last_stride)
+    if name in EFFICIENTNET_LITES:
+        return EfficientNetLiteBackbone(name, pretrained, weights)
+    if name.startswith("timm:") and len(name) > 5:
+        return TimmBackbone(name[5:], pretrained, weights)
+    raise ValueError(f"unknown backbone {name!r} (model.backbone); choose from {list(BACKBONES)}")
 
 
-def build_model(cfg: ModelConfig) -> ReIDModel:
-    """Build the re-ID model described by ``cfg`` (``unreid.config.ModelConfig``)."""
-    return ReIDModel(build_backbone(cfg), cfg)
+def build_model(cfg: ModelConfig, init_weights: bool = True) -> ReIDModel:
+    """Build the re-ID model described by ``cfg`` (``unreid.config.ModelConfig``).
+
+    Args:
+        cfg: the ``model`` config.
+        init_weights: see :func:`build_backbone`; False skips ImageNet / ``model.weights`` loading.
+
+    Returns:
+        A :class:`ReIDModel` in train mode on the CPU.
+
+    Raises:
+        ValueError: unknown backbone or pooling, bad embedding_dim / dropout / gem_p / last_stride.
+    """
+    return ReIDModel(build_backbone(cfg, init_weights=init_weights), cfg)
