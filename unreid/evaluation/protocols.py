@@ -1,48 +1,114 @@
-"""Evaluation protocols: each maps query / gallery features and samples to metrics in percent.
+"""Evaluation protocols: query / gallery features and samples -> CMC, mAP, mINP in percent.
 
-Distances are cosine distances ``1 - q.g`` of L2-normalised features (torchreid's default squared
-Euclidean equals ``2 - 2 cos`` for normalised features: the same ranking).
+Every protocol has the signature ``fn(qf, gf, query, gallery, rerank=False) -> dict`` with ``qf`` a
+``(Q, d)`` and ``gf`` a ``(G, d)`` float tensor of L2-normalised features and ``query`` / ``gallery``
+lists of :class:`unreid.data.datasets.base.Sample` in the same order. The result holds ``mAP``,
+``mINP``, ``rank1``, ``rank5``, ``rank10`` as percentages (floats; rank-r uses the last CMC value when
+the gallery has fewer than r entries) and ``num_valid_queries`` (int).
+
+Distance: cosine distance ``1 - q.g`` of the (re-normalised) features. torchreid's default is the
+squared Euclidean distance, which for unit vectors is ``2 - 2 cos``: the same ranking, hence the same
+CMC, mAP and mINP. With ``rerank=True`` the k-reciprocal re-ranking of :func:`re_ranking` (defaults
+k1 20, k2 6, lambda 0.3) is applied to the squared Euclidean distances ``2 - 2 cos`` of query-gallery,
+query-query and gallery-gallery pairs, as torchreid does with its default metric.
+
+Protocols (ANCHORS.md "Evaluation protocols"; semantics in :mod:`unreid.evaluation.metrics`):
+
+* ``market``: torchreid ``eval_market1501`` (same pid and same camid removed); Market-1501, DukeMTMC,
+  MSMT17, CUHK03 (new protocol). ``veri``: VeRi-776 uses the same protocol (an alias).
+* ``regdb``: AGW ``eval_regdb``, no camera filter (visible -> thermal as the dataset gives them).
+* ``sysu``: SYSU-MM01 (AGW ``eval_sysu``): camera-3 queries ignore camera-2 gallery images; CMC over
+  gallery identities de-duplicated in rank order; the gallery sampling (single-shot trials) is the
+  dataset's job.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
+from unreid.data.datasets.base import Sample
 from unreid.evaluation.metrics import evaluate_rank
 from unreid.evaluation.rerank import re_ranking
 
 
-def _run(qf: torch.Tensor, gf: torch.Tensor, query, gallery, camera_filter: str, unique_cmc: bool = False,
-         rerank: bool = False) -> dict:
-    qf, gf = qf.float(), gf.float()
-    dist = (1 - qf @ gf.T).numpy()
+def _check(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample], kw: dict,
+           name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if kw:
+        raise TypeError(f"protocol {name!r}: unexpected options {sorted(kw)} (only 'rerank' is accepted)")
+    qf, gf = torch.as_tensor(qf), torch.as_tensor(gf)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"protocol {name!r}: need qf (Q, d) and gf (G, d), got {tuple(qf.shape)} and "
+                         f"{tuple(gf.shape)}")
+    if qf.shape[0] != len(query) or gf.shape[0] != len(gallery):
+        raise ValueError(f"protocol {name!r}: {qf.shape[0]} query features for {len(query)} query samples, "
+                         f"{gf.shape[0]} gallery features for {len(gallery)} gallery samples")
+    return F.normalize(qf.detach().float().cpu(), dim=1), F.normalize(gf.detach().float().cpu(), dim=1)
+
+
+def _evaluate(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
+              camera_filter: str, unique_cmc: bool, rerank: bool) -> dict:
+    cos_qg = qf @ gf.T
     if rerank:
-        dist = re_ranking(2 * dist, (2 - 2 * qf @ qf.T).numpy(), (2 - 2 * gf @ gf.T).numpy())
-    res = evaluate_rank(dist, [s.pid for s in query], [s.pid for s in gallery], [s.camid for s in query],
-                        [s.camid for s in gallery], camera_filter=camera_filter, unique_cmc=unique_cmc)
+        dist = re_ranking((2 - 2 * cos_qg).numpy(), (2 - 2 * qf @ qf.T).numpy(), (2 - 2 * gf @ gf.T).numpy())
+    else:
+        dist = (1 - cos_qg).numpy()
+    res = evaluate_rank(
+        dist,
+        np.array([s.pid for s in query], dtype=np.int64),
+        np.array([s.pid for s in gallery], dtype=np.int64),
+        np.array([s.camid for s in query], dtype=np.int64),
+        np.array([s.camid for s in gallery], dtype=np.int64),
+        max_rank=50,
+        camera_filter=camera_filter,
+        unique_cmc=unique_cmc,
+    )
     cmc = res["cmc"]
-    pick = lambda r: 100.0 * float(cmc[min(r, len(cmc)) - 1])  # noqa: E731
-    return {"mAP": 100.0 * res["mAP"], "mINP": 100.0 * res["mINP"], "rank1": pick(1), "rank5": pick(5),
-            "rank10": pick(10), "num_valid_queries": res["num_valid"]}
+    out = {"mAP": 100.0 * res["mAP"], "mINP": 100.0 * res["mINP"]}
+    for r in (1, 5, 10):
+        out[f"rank{r}"] = 100.0 * float(cmc[min(r, len(cmc)) - 1])
+    out["num_valid_queries"] = int(res["num_valid"])
+    return out
 
 
-def market(qf, gf, query, gallery, rerank: bool = False, **_) -> dict:
-    """Market-1501 protocol (also CUHK03, DukeMTMC, MSMT17, VeRi-776): same pid & camid removed."""
-    return _run(qf, gf, query, gallery, "market", rerank=rerank)
+def market(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
+           rerank: bool = False, **kw) -> dict:
+    """Market-1501 protocol (torchreid ``eval_market1501``): same pid and same camid removed.
+
+    Also used for DukeMTMC-reID, MSMT17, CUHK03 (new protocol) and VeRi-776 (alias ``"veri"``).
+    See the module docstring for arguments, distance and result; raises ``ValueError`` on mismatched
+    shapes or when no query has a valid match, ``TypeError`` on unknown keyword options.
+    """
+    qf, gf = _check(qf, gf, query, gallery, kw, "market")
+    return _evaluate(qf, gf, query, gallery, "market", False, rerank)
 
 
-def regdb(qf, gf, query, gallery, rerank: bool = False, **_) -> dict:
-    """RegDB (AGW): visible <-> thermal, no camera filter."""
-    return _run(qf, gf, query, gallery, "none", rerank=rerank)
+def regdb(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
+          rerank: bool = False, **kw) -> dict:
+    """RegDB protocol (AGW ``eval_regdb``): no camera filter; query / gallery modalities as given.
+
+    See the module docstring for arguments, distance, result and errors.
+    """
+    qf, gf = _check(qf, gf, query, gallery, kw, "regdb")
+    return _evaluate(qf, gf, query, gallery, "none", False, rerank)
 
 
-def sysu(qf, gf, query, gallery, rerank: bool = False, **_) -> dict:
-    """SYSU-MM01: camera-3 queries ignore camera-2 gallery images; CMC over unique gallery ids."""
-    return _run(qf, gf, query, gallery, "sysu", unique_cmc=True, rerank=rerank)
+def sysu(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
+         rerank: bool = False, **kw) -> dict:
+    """SYSU-MM01 protocol (AGW ``eval_sysu``; official ``get_cmc_multi_cam.m``).
+
+    Camera-3 queries (0-based camid 2) ignore camera-2 gallery images (camid 1); rank-r accuracies come
+    from the CMC over gallery identities de-duplicated in rank order; mAP and mINP over the full filtered
+    list. See the module docstring for arguments, distance, result and errors.
+    """
+    qf, gf = _check(qf, gf, query, gallery, kw, "sysu")
+    return _evaluate(qf, gf, query, gallery, "sysu", True, rerank)
 
 
+#: protocol name (``cfg.eval.protocol``) -> function
 PROTOCOLS: dict[str, Callable[..., dict]] = {"market": market, "veri": market, "regdb": regdb, "sysu": sysu}
 
 __all__ = ["PROTOCOLS", "market", "regdb", "sysu"]
