@@ -1,7 +1,11 @@
-"""DBSCAN on the sparse Jaccard graph equals scikit-learn on the dense matrix; rho eps; InfoMap;
-PseudoLabeler's contract and degenerate inputs; the quality report."""
+"""Clustering: sparse DBSCAN equals scikit-learn on the dense matrix; rho-adaptive eps equals the
+dense definition; InfoMap; the PseudoLabeler contract (gt never influences labels) and degenerate
+inputs."""
 
 from __future__ import annotations
+
+import json
+import logging
 
 import numpy as np
 import pytest
@@ -15,84 +19,182 @@ from unreid.pseudo_labels.cluster import dbscan_sparse, infomap_cluster, rho_eps
 from unreid.pseudo_labels.jaccard import jaccard_distance
 
 
-def _blobs(n_ids=12, per=10, d=32, noise=0.35, seed=0):
+def blobs(n_ids=12, per=10, d=32, noise=0.35, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(n_ids, d, generator=g)
     ids = torch.arange(n_ids).repeat_interleave(per)
+    perm = torch.randperm(len(ids), generator=g)  # identities not in index order
+    ids = ids[perm]
     return F.normalize(c[ids] + noise * torch.randn(len(ids), d, generator=g), dim=1), ids.numpy()
 
 
-def _dense(sp_mat):
-    d = np.ones(sp_mat.shape)
-    c = sp_mat.tocoo()
-    d[c.row, c.col] = c.data
-    return d
+def to_dense(mat) -> np.ndarray:
+    out = np.ones(mat.shape)
+    c = mat.tocoo()
+    out[c.row, c.col] = c.data
+    return out
 
 
-@pytest.mark.parametrize("eps,min_samples,seed", [(0.6, 4, 0), (0.5, 2, 1), (0.7, 4, 2), (0.3, 3, 3)])
-def test_dbscan_sparse_equals_dense(eps, min_samples, seed):
-    f, _ = _blobs(seed=seed, noise=0.5)
+def dense_rho_eps(dense: np.ndarray, rho: float) -> float:
+    """GCL's definition on the dense matrix (chenhao2345/GCL; shared/ANCHORS.md)."""
+    tri = np.triu(dense, 1)
+    vals = np.sort(tri[np.nonzero(tri)], axis=None)
+    return float(vals[: int(np.round(rho * vals.size))].mean())
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings_seen():
+    h = Records()
+    logger = logging.getLogger("unreid")
+    logger.addHandler(h)
+    yield h.messages
+    logger.removeHandler(h)
+
+
+@pytest.mark.parametrize("eps,min_samples,seed,dup", [(0.6, 4, 0, 0), (0.5, 2, 1, 0), (0.7, 4, 2, 6),
+                                                      (0.3, 3, 3, 0), (0.55, 1, 4, 3), (0.8, 8, 5, 0)])
+def test_dbscan_sparse_equals_dense(eps, min_samples, seed, dup):
+    f, _ = blobs(seed=seed, noise=0.5)
+    for m in range(dup):  # duplicated features: off-diagonal zero distances
+        f[2 * m + 1] = f[2 * m]
     dist = jaccard_distance(f, 20, 6)
     ours = dbscan_sparse(dist, eps, min_samples)
-    ref = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(_dense(dist))
+    ref = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(to_dense(dist))
     assert (ours == ref).all()
+    assert len(set(ref.tolist()) - {-1}) >= 2
+
+
+def test_dbscan_eps_one_means_every_pair_is_a_neighbour():
+    f, _ = blobs(n_ids=3, per=4)
+    dist = jaccard_distance(f, 5, 2)
+    for ms in (4, 12, 13):
+        ref = DBSCAN(eps=1.0, min_samples=ms, metric="precomputed").fit_predict(to_dense(dist))
+        assert (dbscan_sparse(dist, 1.0, ms) == ref).all()
 
 
 def test_rho_eps_equals_dense_definition():
-    f, _ = _blobs(seed=4)
+    f, _ = blobs(seed=4)
+    f[1] = f[0]  # a zero off-diagonal distance (excluded by the dense definition)
     dist = jaccard_distance(f, 20, 6)
-    dense = _dense(dist)
-    tri = np.triu(dense, 1)
-    vals = np.sort(tri[tri > 0])
-    for rho in (0.002, 0.05, 0.6):
-        top = int(round(rho * len(vals)))
-        assert rho_eps(dist, rho) == pytest.approx(vals[:top].mean(), abs=1e-6)
+    dense = to_dense(dist)
+    assert (np.triu(dense, 1) == 0).sum() > 120 * 119 / 2  # there are zeros to exclude
+    for rho in (0.002, 0.05, 0.3, 0.9):  # 0.9 reaches the implicit distance-1 pairs
+        assert rho_eps(dist, rho) == pytest.approx(dense_rho_eps(dense, rho), abs=1e-6)
+    with pytest.raises(ValueError, match="selects no pair"):
+        rho_eps(dist, 1e-6)
+
+
+def test_labeler_equals_dense_pipeline_fixed_eps_and_rho():
+    f, _ = blobs(seed=6, noise=0.55)
+    dense = to_dense(jaccard_distance(f, 20, 6))
+    for rho in (None, 0.01):
+        cfg = PseudoLabelConfig(k1=20, k2=6, eps=0.6, min_samples=4, rho=rho)
+        out = PseudoLabeler(cfg).fit(f)
+        eps = 0.6 if rho is None else dense_rho_eps(dense, rho)
+        assert out.eps == pytest.approx(eps, abs=1e-6)
+        ref = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(dense)
+        assert (out.labels == ref).all()  # sklearn's labels are already contiguous
 
 
 def test_labeler_recovers_blobs_and_ignores_gt():
-    f, ids = _blobs()
-    cams = np.arange(len(ids)) % 2
+    f, ids = blobs()
+    cams = np.arange(len(ids)) % 3
     cfg = PseudoLabelConfig(k1=20, k2=6, eps=0.6, min_samples=4)
     a = PseudoLabeler(cfg).fit(f, camids=cams)
     b = PseudoLabeler(cfg).fit(f, camids=cams, gt=ids)
     c = PseudoLabeler(cfg).fit(f, camids=cams, gt=np.random.default_rng(0).permutation(ids))
     assert (a.labels == b.labels).all() and (a.labels == c.labels).all()
-    assert b.report["ari"] > 0.9 and b.report["cross_camera_ratio"] == 1.0
-    assert "ari" not in a.report and a.num_clusters == 12
+    assert a.num_clusters == 12 and sorted(set(a.labels.tolist())) == list(range(12))
+    assert b.report["ari"] == pytest.approx(1.0) and c.report["ari"] < 0.2
+    assert b.report["cross_camera_ratio"] == 1.0 and "ari" not in a.report
+    for key in ("time_knn_s", "time_jaccard_s", "time_cluster_s", "time_total_s"):
+        assert a.report[key] >= 0
+    json.dumps(b.report)
+    assert a.eps == 0.6
 
 
-def test_degenerate_inputs():
-    f, _ = _blobs(n_ids=2, per=5)
-    lab = PseudoLabeler(PseudoLabelConfig(k1=30, eps=0.6, min_samples=2)).fit(f)  # N=10 < k1: clipped
-    assert lab.num_clusters >= 1
-    dup = F.normalize(torch.ones(8, 4), dim=1)  # all identical: one cluster
-    assert PseudoLabeler(PseudoLabelConfig(k1=5, k2=2, min_samples=2)).fit(dup).num_clusters == 1
-    spread = F.normalize(torch.eye(16), dim=1)  # orthogonal points: nobody has neighbours
-    with pytest.raises(NoClustersError, match="outliers"):
+def test_labeler_faiss_knn_gives_the_same_labels():
+    pytest.importorskip("faiss")
+    f, _ = blobs(seed=7, noise=0.5)
+    base = PseudoLabeler(PseudoLabelConfig(k1=20)).fit(f).labels
+    assert (PseudoLabeler(PseudoLabelConfig(k1=20, knn="faiss")).fit(f).labels == base).all()
+
+
+def test_labeler_pca_knn_gives_the_same_labels():
+    f, _ = blobs(seed=8, noise=0.5)  # d = 32: a 32-d "subspace" is the whole space (exact search)
+    base = PseudoLabeler(PseudoLabelConfig(k1=20)).fit(f)
+    out = PseudoLabeler(PseudoLabelConfig(k1=20, knn="pca", pca_dim=32)).fit(f)
+    assert (out.labels == base.labels).all()
+    low = PseudoLabeler(PseudoLabelConfig(k1=20, knn="pca", pca_dim=16)).fit(f)  # 12 blobs: rank ~12
+    assert cluster_report(low.labels, gt=base.labels)["ari"] > 0.95
+
+
+def test_small_n_clips_k1_with_a_warning(warnings_seen):
+    f, _ = blobs(n_ids=2, per=5)
+    out = PseudoLabeler(PseudoLabelConfig(k1=30, k2=6, eps=0.6, min_samples=2)).fit(f)  # N=10 < k1
+    assert any("clipping k1 to 10" in m for m in warnings_seen)
+    dense = to_dense(jaccard_distance(f, 10, 6))
+    assert (out.labels == DBSCAN(eps=0.6, min_samples=2, metric="precomputed").fit_predict(dense)).all()
+
+
+def test_duplicated_features_make_one_cluster():
+    dup = F.normalize(torch.ones(8, 4), dim=1)  # k1 clipped to N = 8: every distance is 0
+    out = PseudoLabeler(PseudoLabelConfig(k1=30, k2=6, min_samples=4)).fit(dup)
+    assert out.num_clusters == 1 and (out.labels == 0).all()
+    f, ids = blobs(n_ids=1, per=40, noise=0.1)  # one tight blob: all points one cluster
+    out = PseudoLabeler(PseudoLabelConfig(k1=20)).fit(f)
+    assert out.num_clusters == 1 and (out.labels == 0).all() and out.report["size_histogram"][">32"] == 1
+
+
+def test_all_outliers_raise_no_clusters_error():
+    spread = torch.eye(16)  # orthogonal points: nobody shares a neighbour
+    with pytest.raises(NoClustersError, match=r"all 16 samples are outliers.*eps=0\.1.*min_samples=4.*raise"):
         PseudoLabeler(PseudoLabelConfig(k1=3, k2=1, eps=0.1, min_samples=4)).fit(spread)
+    assert issubclass(NoClustersError, RuntimeError)
+
+
+def test_bad_features(warnings_seen):
+    f, ids = blobs(n_ids=3, per=6)
     bad = f.clone()
     bad[3, 0] = float("nan")
-    with pytest.raises(ValueError, match="1 of 10 feature rows"):
+    bad[7, 1] = float("inf")
+    with pytest.raises(ValueError, match="2 of 18 feature rows hold NaN or inf"):
         PseudoLabeler().fit(bad)
-    unnorm = PseudoLabeler(PseudoLabelConfig(k1=5, k2=2, min_samples=2)).fit(f * 3)
-    assert (unnorm.labels == PseudoLabeler(PseudoLabelConfig(k1=5, k2=2, min_samples=2)).fit(f).labels).all()
-    with pytest.raises(ValueError):
+    zero = f.clone()
+    zero[2] = 0
+    with pytest.raises(ValueError, match="1 of 18 feature rows are all zeros"):
+        PseudoLabeler().fit(zero)
+    with pytest.raises(ValueError, match="N >= 2"):
         PseudoLabeler().fit(f[:1])
+    with pytest.raises(ValueError, match="camids has 3 entries"):
+        PseudoLabeler().fit(f, camids=np.zeros(3))
+    cfg = PseudoLabelConfig(k1=5, k2=2, min_samples=2)
+    scaled = PseudoLabeler(cfg).fit(f * torch.linspace(0.5, 3, 18)[:, None])
+    assert any("not L2-normalised" in m for m in warnings_seen)
+    assert (scaled.labels == PseudoLabeler(cfg).fit(f).labels).all()
 
 
 def test_infomap_on_blobs():
     pytest.importorskip("infomap")
-    f, ids = _blobs(n_ids=6, per=12, noise=0.2)
+    f, ids = blobs(n_ids=6, per=12, noise=0.2)
     labels = infomap_cluster(f, k=15, min_sim=0.5, min_size=5)
-    assert cluster_report(labels, gt=ids)["ari"] > 0.9
-
-
-def test_report_values_by_hand():
-    labels = np.array([0, 0, 0, 1, 1, -1])
-    gt = np.array([0, 0, 1, 1, 1, 2])
-    cams = np.array([0, 1, 0, 0, 0, 1])
-    r = cluster_report(labels, cams, gt)
-    assert (r["num_clusters"], r["num_outliers"], r["outlier_ratio"]) == (2, 1, pytest.approx(1 / 6))
-    assert r["cross_camera_ratio"] == 0.5 and r["size_histogram"]["3-4"] == 1 and r["size_histogram"]["2"] == 1
-    # predicted pairs: 3 + 1 = 4; true pairs: 1 + 3 = 4; shared: (0,1) and (3,4) = 2
-    assert r["pairwise_precision"] == 0.5 and r["pairwise_recall"] == 0.5 and r["pairwise_f"] == 0.5
+    assert cluster_report(labels, gt=ids)["ari"] > 0.95
+    # an isolated point (no neighbour above min_sim) is an outlier; a 3-point group is too small
+    extra = torch.zeros(7, 40)
+    extra[:4, 32:36] = torch.eye(4)  # four isolated points, orthogonal to everything
+    extra[4:, 36] = 1.0  # a tight group of three
+    extra[4:, 37:40] = 0.1 * torch.eye(3)
+    x = torch.cat([F.pad(f, (0, 8)), F.normalize(extra, dim=1)])
+    lab = infomap_cluster(x, k=15, min_sim=0.5, min_size=5)
+    assert (lab[72:] == -1).all() and cluster_report(lab[:72], gt=ids)["ari"] > 0.95
+    out = PseudoLabeler(PseudoLabelConfig(cluster="infomap")).fit(x)
+    assert (out.labels == lab).all() and out.eps is None and out.num_clusters == 6

@@ -1,5 +1,6 @@
-"""Sparse k-reciprocal Jaccard distance vs a straightforward dense implementation of the same
-equations (Zhong et al. CVPR 2017; the shared ``compute_jaccard_distance``, ANCHORS.md)."""
+"""Sparse k-reciprocal Jaccard distance vs a straightforward DENSE implementation of the same
+equations (Zhong et al. CVPR 2017; the shared ``compute_jaccard_distance``, shared/ANCHORS.md),
+written here with dense arrays and per-row loops: every pair must agree to 1e-5 (absent = 1)."""
 
 from __future__ import annotations
 
@@ -8,82 +9,137 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unreid.pseudo_labels.jaccard import jaccard_distance
+from unreid.pseudo_labels.jaccard import jaccard_distance, jaccard_upper_blocks, k_reciprocal_encoding
 from unreid.pseudo_labels.knn import knn
 
 
-def dense_jaccard(feats: np.ndarray, initial_rank: np.ndarray, k1: int, k2: int) -> np.ndarray:
-    """The reference algorithm written out with dense arrays and loops (test oracle)."""
-    n = feats.shape[0]
+def dense_jaccard(x: np.ndarray, rank: np.ndarray, k1: int, k2: int) -> np.ndarray:
+    """Dense oracle. ``x`` (N, d) float64 unit rows; ``rank`` (N, >= k1) neighbours, self first."""
+    n = x.shape[0]
+    rank = rank[:, :k1]  # the reference searches exactly k1 neighbours
 
-    def recip(i, k):
-        fwd = initial_rank[i, : k + 1]
-        back = initial_rank[fwd, : k + 1]
-        return fwd[np.where(back == i)[0]]
+    def reciprocal(i, k):  # R(i, k): first min(k + 1, k1) columns, both directions
+        fwd = rank[i, : k + 1]
+        return np.array([j for j in fwd if i in rank[j, : k + 1]], dtype=np.int64)
 
     half = int(np.around(k1 / 2))
-    r1 = [recip(i, k1) for i in range(n)]
-    rh = [recip(i, half) for i in range(n)]
-    V = np.zeros((n, n), dtype=np.float64)
+    r1 = [reciprocal(i, k1) for i in range(n)]
+    rh = [reciprocal(i, half) for i in range(n)]
+    v = np.zeros((n, n))
     for i in range(n):
-        idx = r1[i]
-        exp = idx
-        for c in idx:
+        expanded = list(r1[i])
+        for c in r1[i]:
             cand = rh[c]
-            if len(np.intersect1d(cand, idx)) > 2 / 3 * len(cand):
-                exp = np.append(exp, cand)
-        exp = np.unique(exp)
-        d = 2 - 2 * feats[i] @ feats[exp].T
+            if len(np.intersect1d(cand, r1[i])) > 2.0 / 3.0 * len(cand):
+                expanded += list(cand)
+        expanded = np.unique(expanded)
+        d = 2.0 - 2.0 * x[expanded] @ x[i]
         w = np.exp(-d)
-        V[i, exp] = w / w.sum()
+        v[i, expanded] = w / w.sum()
     if k2 != 1:
-        V = np.stack([V[initial_rank[i, :k2]].mean(0) for i in range(n)])
-    out = np.zeros((n, n))
+        v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)])
+    out = np.empty((n, n))
     for i in range(n):
-        s = np.minimum(V[i][None], V).sum(1)
-        out[i] = 1 - s / (2 - s)
-    out[out < 0] = 0
+        cols = np.flatnonzero(v[i])  # min(V_ik, V_jk) = 0 elsewhere
+        s = np.minimum(v[i, cols][None, :], v[:, cols]).sum(1)
+        out[i] = 1.0 - s / (2.0 - s)
+    out[out < 0] = 0.0
     return out
 
 
-def _features(n, d, seed, dup=False):
+def clustered(n, d, seed, dup=0):
+    """Unit features around n // 8 centres; ``dup`` rows copied exactly from others."""
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(max(2, n // 8), d, generator=g)
-    f = centers[torch.randint(len(centers), (n,), generator=g)] + 0.6 * torch.randn(n, d, generator=g)
-    if dup:
-        f[1] = f[0]
-        f[5] = f[4]
+    centres = torch.randn(max(2, n // 8), d, generator=g)
+    f = centres[torch.randint(len(centres), (n,), generator=g)] + 0.6 * torch.randn(n, d, generator=g)
+    for m in range(dup):
+        f[2 * m + 1] = f[2 * m]
     return F.normalize(f, dim=1)
 
 
+def to_dense(mat) -> np.ndarray:
+    out = np.ones(mat.shape)
+    c = mat.tocoo()
+    out[c.row, c.col] = c.data
+    return out
+
+
 @pytest.mark.parametrize("n,k1,k2,seed,dup", [
-    (120, 20, 6, 0, False), (150, 30, 6, 1, True), (100, 10, 1, 2, False), (90, 7, 3, 3, False),
-    (60, 1, 1, 4, False), (1500, 30, 6, 5, False),
+    (120, 20, 6, 0, 0), (150, 30, 6, 1, 5), (100, 10, 1, 2, 0), (90, 7, 3, 3, 0), (80, 5, 6, 4, 3),
+    (60, 1, 1, 5, 0), (70, 2, 2, 6, 0), (40, 40, 6, 7, 4), (110, 12, 12, 8, 0),
 ])
 def test_sparse_equals_dense(n, k1, k2, seed, dup):
-    f = _features(n, 16, seed, dup)
-    rank = knn(f, k1)
-    sparse = jaccard_distance(f, k1, k2, initial_rank=rank)
-    if n > 400:  # the dense oracle is O(N^2) Python; check a random subset of rows fully
-        rows = np.random.default_rng(seed).choice(n, 40, replace=False)
-    else:
-        rows = np.arange(n)
-    dense = dense_jaccard(f.double().numpy(), rank, k1, k2) if n <= 400 else None
-    if dense is None:
-        dense = dense_jaccard(f.double().numpy(), rank, k1, k2)[rows]
-    else:
-        dense = dense[rows]
-    got = np.ones((len(rows), n))
-    sub = sparse[rows].tocoo()
-    got[sub.row, sub.col] = sub.data
-    assert np.abs(got - dense).max() < 1e-5
-    # the diagonal (d = 0) is stored explicitly
-    assert (np.abs(sparse.diagonal()) < 1e-6).all() and sparse.nnz >= n
+    f = clustered(n, 16, seed, dup)
+    idx, sim = knn(f, k1)
+    sparse = jaccard_distance(f, k1, k2, neighbours=(idx, sim))
+    dense = dense_jaccard(f.double().numpy(), idx, k1, k2)
+    assert np.abs(to_dense(sparse) - dense).max() < 1e-5
+    # stored exactly where the dense matrix is below 1 (pairs sharing a column), diagonal included
+    stored = np.zeros((n, n), dtype=bool)
+    c = sparse.tocoo()
+    stored[c.row, c.col] = True
+    assert sparse.nnz == stored.sum() and (stored == (dense < 1)).all()
+    assert stored.diagonal().all() and (sparse.diagonal() < 1e-5).all()
+    assert (sparse != sparse.T).nnz == 0
 
 
-def test_knn_self_first_with_duplicates():
-    f = _features(50, 8, 0, dup=True)
-    r = knn(f, 5)
-    assert (r[:, 0] == np.arange(50)).all() and r[0, 1] == 1 and r[1, 1] == 0
-    pytest.importorskip("faiss")
-    assert (knn(f, 5, "faiss")[:, 0] == np.arange(50)).all()
+def test_sparse_equals_dense_n1500():
+    f = clustered(1500, 24, 11, dup=10)
+    idx, sim = knn(f, 30)
+    sparse = jaccard_distance(f, 30, 6, neighbours=(idx, sim))
+    dense = dense_jaccard(f.double().numpy(), idx, 30, 6)
+    assert np.abs(to_dense(sparse) - dense).max() < 1e-5
+    assert (dense < 1).sum() == sparse.nnz
+
+
+def test_encoding_rows_sum_to_one_and_similarities_optional():
+    f = clustered(200, 16, 12)
+    idx, sim = knn(f, 20)
+    v = k_reciprocal_encoding(f, idx, sim, 20, 6)
+    assert np.allclose(np.asarray(v.sum(1)).ravel(), 1.0, atol=1e-5)
+    w = k_reciprocal_encoding(f, idx, None, 20, 6)  # every inner product recomputed
+    assert np.abs((v - w).toarray()).max() < 1e-6
+    # a wider neighbour table: only the first k1 columns are used
+    idx40, sim40 = knn(f, 40)
+    assert np.abs((k_reciprocal_encoding(f, idx40, sim40, 20, 6) - v).toarray()).max() < 1e-6
+
+
+def test_blocks_cover_the_upper_triangle_once():
+    f = clustered(150, 16, 13)
+    idx, sim = knn(f, 20)
+    v = k_reciprocal_encoding(f, idx, sim, 20, 6)
+    full = jaccard_distance(f, 20, 6, neighbours=(idx, sim))
+    blocks = list(jaccard_upper_blocks(v, max_work=500, max_cells=2000))  # force many tiny blocks
+    assert len(blocks) > 10
+    rows = np.concatenate([b[0] for b in blocks])
+    cols = np.concatenate([b[1] for b in blocks])
+    vals = np.concatenate([b[2] for b in blocks])
+    assert (rows <= cols).all() and len(np.unique(rows * 150 + cols)) == len(rows)
+    upper = full.tocoo()
+    keep = upper.row <= upper.col
+    assert len(rows) == keep.sum()
+    assert np.abs(to_dense(full)[rows, cols] - vals).max() == 0
+
+
+def test_identical_features_give_zero_distances():
+    f = F.normalize(torch.ones(12, 5), dim=1)
+    d = jaccard_distance(f, 12, 2)  # everyone in everyone's list: every distance is 0
+    assert d.nnz == 144 and np.abs(d.toarray()).max() < 1e-6  # zeros stored explicitly
+    idx, sim = knn(f, 4)  # all tied: self first, then the smallest other indices
+    assert idx[0].tolist() == [0, 1, 2, 3] and idx[5].tolist() == [5, 0, 1, 2]
+    d4 = jaccard_distance(f, 4, 2, neighbours=(idx, sim))
+    dense = dense_jaccard(f.double().numpy(), idx, 4, 2)
+    assert np.abs(to_dense(d4) - dense).max() < 1e-5
+    zero = np.argwhere(dense < 1e-6)
+    assert len(zero) > 12 and all(j in d4[i].indices for i, j in zero)
+
+
+def test_bad_arguments():
+    f = clustered(20, 8, 14)
+    with pytest.raises(ValueError, match="k1 must be in"):
+        jaccard_distance(f, 21, 6)
+    idx, sim = knn(f, 5)
+    with pytest.raises(ValueError, match="neighbour table"):
+        k_reciprocal_encoding(f, idx, sim, 6, 2)
+    with pytest.raises(ValueError, match="k2"):
+        k_reciprocal_encoding(f, idx, sim, 5, 0)

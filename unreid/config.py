@@ -84,8 +84,20 @@ class PseudoLabelConfig:
     eps: float = 0.6  #: DBSCAN eps on Jaccard distance (CC: 0.6 Market/Duke/MSMT17/VeRi)
     min_samples: int = 4  #: DBSCAN min_samples (CC: 4)
     rho: float | None = None  #: GCL rho-adaptive eps; when set, overrides ``eps`` each epoch
-    knn: str = "exact"  #: "exact" (blocked matmul) | "faiss" (exact IndexFlatIP) | "hnsw" (approximate)
-    knn_block: int = 4096  #: rows per k-NN block (memory O(block * N))
+    #: "exact" (blocked symmetric matmul) | "faiss" (exact IndexFlatIP) | "hnsw" (approximate, faiss
+    #: IndexHNSWFlat) | "pca" (approximate: exact search in a PCA subspace + exact re-ranking)
+    knn: str = "exact"
+    knn_block: int = 4096  #: rows per exact k-NN block (memory O(block^2) floats per product)
+    #: HNSW graph degree M for knn="hnsw" (faiss IndexHNSWFlat; Malkov & Yashunin, TPAMI 2018; faiss default 32)
+    hnsw_m: int = 32
+    #: HNSW efConstruction (faiss default 40; 64 here: recall@30 >= 0.98 in benchmarks/pseudo_labels.py)
+    hnsw_ef_construction: int = 64
+    #: HNSW efSearch (faiss default 16; raised to k+1 when smaller); higher = better recall, slower
+    hnsw_ef_search: int = 128
+    #: knn="pca": subspace dimension (our choice: 256 of 2048 kept recall@30 = 1.0 on the benchmark's features)
+    pca_dim: int = 256
+    #: knn="pca": re-rank ceil(pca_oversample * k1) candidates with the full features (our choice)
+    pca_oversample: float = 1.5
     infomap_k: int = 15  #: CC InfoMap variant
     infomap_min_sim: float = 0.5
     infomap_min_size: int = 5  #: clusters smaller than this become outliers (CC: size <= 4)
@@ -191,7 +203,7 @@ _CHOICES = {
     "data.sampler": {"camera_aware", "random_identity"},
     "model.pooling": {"gem", "avg"},
     "pseudo_labels.cluster": {"dbscan", "infomap"},
-    "pseudo_labels.knn": {"exact", "faiss", "hnsw"},
+    "pseudo_labels.knn": {"exact", "faiss", "hnsw", "pca"},
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
@@ -235,6 +247,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"pseudo_labels.min_samples must be >= 1, got {p.min_samples}")
     if p.rho is not None and not 0.0 < p.rho < 1.0:
         raise ConfigError(f"pseudo_labels.rho must be in (0, 1), got {p.rho}")
+    if p.knn_block < 1 or p.hnsw_m < 2 or p.pca_dim < 1 or p.pca_oversample < 1.0:
+        raise ConfigError(
+            f"pseudo_labels: need knn_block >= 1, hnsw_m >= 2, pca_dim >= 1, pca_oversample >= 1 (got "
+            f"{p.knn_block}, {p.hnsw_m}, {p.pca_dim}, {p.pca_oversample})"
+        )
     m = cfg.method
     if m.temperature <= 0:
         raise ConfigError(f"method.temperature must be > 0, got {m.temperature}")

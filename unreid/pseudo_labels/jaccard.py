@@ -1,29 +1,41 @@
-"""Sparse k-reciprocal encoding and Jaccard distance.
+"""Sparse k-reciprocal encoding and Jaccard distance, identical to the shared dense reference.
 
-Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017, eqs. 4-12,
-exactly as the shared ``compute_jaccard_distance`` of Cluster Contrast / HHCL / GCL computes it
-(alibaba/cluster-contrast-reid ``clustercontrast/utils/faiss_rerank.py``; ``../shared/ANCHORS.md``):
+Zhong et al., "Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017
+(Sec. 3.3-3.5, eqs. 4-12), exactly as the ``compute_jaccard_distance`` copied by Cluster Contrast,
+HHCL and GCL computes it (alibaba/cluster-contrast-reid ``clustercontrast/utils/faiss_rerank.py``;
+``shared/ANCHORS.md``, "The shared k-reciprocal Jaccard distance"):
 
-* ``initial_rank``: ``k1`` nearest neighbours **including self**;
-  ``R(i, k1)`` = the ``j`` in the first ``k1`` columns of row ``i`` that have ``i`` in their first
-  ``k1`` columns; ``R(c, round(k1/2))`` the same with ``round(k1/2) + 1`` columns (``np.around``,
-  half to even);
-* expansion (L77): ``R*(i) = R(i) U R(c, k1/2)`` for every ``c`` in ``R(i)`` with
-  ``|R(c, k1/2) & R(i)| > 2/3 |R(c, k1/2)|`` (strict; tested against the un-expanded ``R(i)``);
-* weights (L81-85): ``V[i, j] = softmax_j(-d_ij)`` over ``j in R*(i)``, ``d = 2 - 2 cos``;
-  each row sums to 1;
-* query expansion (L89-93): ``V_i <- mean of V over initial_rank[i, :k2]`` (skipped when k2 = 1);
-* ``d_J(i, j) = 1 - S_ij / (2 - S_ij)`` with ``S_ij = sum_k min(V_ik, V_jk)`` (L113), negatives
-  clipped to 0. Pairs that share no column have ``S = 0``, i.e. ``d_J = 1`` exactly.
+1. ``initial_rank``: the ``k1`` nearest neighbours of every sample **including itself**
+   (:func:`unreid.pseudo_labels.knn.knn`, self forced to column 0).
+2. ``R(i, k)`` = the ``j`` among the first ``c`` columns of row ``i`` that have ``i`` among their own
+   first ``c`` columns, with ``c = min(k + 1, k1)``: ``R(i, k1)`` uses ``k1`` columns and
+   ``R(i, k1/2)`` uses ``round(k1/2) + 1`` columns (``np.around``: half to even).
+3. Expansion (eq. 12): ``R*(i) = R(i, k1) U R(c, k1/2)`` for every ``c`` in ``R(i, k1)`` with
+   ``|R(c, k1/2) & R(i, k1)| > 2/3 |R(c, k1/2)|`` (strict, against the un-expanded ``R(i, k1)``).
+4. Encoding (eq. 10): ``V[i, j] = softmax_j(-d_ij)`` over ``j`` in ``R*(i)`` with ``d = 2 - 2 cos``
+   (squared Euclidean distance of unit vectors); every row sums to 1.
+5. Query expansion (Sec. 3.5): ``V_i <- mean of V_j over j in initial_rank[i, :k2]`` (the plain
+   top-``k2``, self included); skipped when ``k2 = 1``.
+6. Jaccard distance (eq. 11 with min/max sums, as the reference): ``S_ij = sum_k min(V_ik, V_jk)``,
+   ``d_J(i, j) = 1 - S_ij / (2 - S_ij)`` (valid because rows sum to 1), negatives clipped to 0.
+   Pairs that share no non-zero column have ``S = 0``, i.e. ``d_J = 1`` exactly.
 
-Unlike the reference (two dense ``N x N`` arrays and Python loops over ``N * k1^2`` items), ``V`` is
-a sparse matrix, all set operations are sparse-matrix products, and ``d_J`` is produced only for
-pairs that share a non-zero column (a ``scipy.sparse.csr_matrix``; absent pairs are 1). Zero
-distances are stored **explicitly** (scikit-learn's precomputed sparse DBSCAN only counts stored
-entries as neighbours), including the diagonal.
+The reference keeps two dense ``N x N`` float32 arrays and loops in Python over ``N * k1^2`` items.
+Here ``V`` is a ``scipy.sparse`` CSR matrix built with vectorised numpy / sparse-matrix operations
+(reciprocity by sorted pair keys, the 2/3 rule by a sparse product), and ``S`` is computed only for
+pairs that share a column: column by column (every pair of rows holding column ``k``), in blocks of
+rows, upper triangle only (``S`` is symmetric), accumulated with ``np.bincount``. Memory is
+``O(nnz(V) + block work)`` plus the output.
+
+Numerics: the softmax weights use the inner products of the k-NN search where the pair is in the
+search's list (the reference recomputes them with ``torch.mm``; both are float32 products of the
+same vectors, equal to ~1e-7) and a direct float32 product otherwise. ``V`` is float32 like the
+reference's; ``S`` is accumulated in float64. Distances match the reference to 1e-5 (tested).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,116 +43,246 @@ import torch
 from torch import Tensor
 
 
-def _rank_matrix(initial_rank: np.ndarray, cols: int) -> sp.csr_matrix:
-    """Boolean ``(N, N)`` matrix with ``A[i, j] = 1`` iff ``j`` in ``initial_rank[i, :cols]``."""
-    n = initial_rank.shape[0]
-    r = initial_rank[:, :cols]
-    data = np.ones(r.size, dtype=np.float32)
-    return sp.csr_matrix((data, (np.repeat(np.arange(n), r.shape[1]), r.ravel())), shape=(n, n))
+def _sorted_pair_keys(rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ``i * N + j`` of the pairs of a neighbour table ``(N, c)``, globally sorted.
+
+    Sorting each short row (``argsort(axis=1)``) sorts the keys globally, since the row part of
+    the key already is. Returns ``(keys (N * c,) int64, order (N, c))`` with
+    ``keys.reshape(N, c) == i * N + take_along_axis(rank, order, 1)``.
+    """
+    n = rank.shape[0]
+    order = np.argsort(rank, axis=1)
+    keys = (np.arange(n, dtype=np.int64)[:, None] * n + np.take_along_axis(rank, order, 1)).ravel()
+    return keys, order
 
 
-def _reciprocal(initial_rank: np.ndarray, cols: int) -> sp.csr_matrix:
-    a = _rank_matrix(initial_rank, cols)
-    return a.multiply(a.T).tocsr()  # j in list(i) and i in list(j)
+def _lookup(sorted_keys: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``want`` in ``sorted_keys`` and whether each was found."""
+    pos = np.searchsorted(sorted_keys, want).clip(max=len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == want
 
 
-def k_reciprocal_encoding(features: Tensor, initial_rank: np.ndarray, k1: int, k2: int,
-                          block: int = 65536) -> sp.csr_matrix:
-    """The sparse encoding ``V`` ``(N, N) float32`` (rows sum to 1), after query expansion.
+def _reciprocal(rank: np.ndarray, cols: int) -> sp.csr_matrix:
+    """``R(i, .)`` as a boolean CSR: ``j`` in the first ``cols`` columns of row ``i`` and vice versa.
+
+    ``A`` = the neighbour table as a sparse 0/1 matrix; ``R = A * A^T`` elementwise.
+    """
+    n = rank.shape[0]
+    r = np.sort(rank[:, :cols], axis=1)  # sorted rows: a canonical CSR without a sort pass
+    a = sp.csr_matrix((np.ones(r.size, dtype=np.float32), r.ravel(), np.arange(0, r.size + 1, cols)),
+                      shape=(n, n))
+    out = a.multiply(a.T.tocsr()).tocsr()
+    out.sort_indices()
+    return out
+
+
+def _pair_dots(features: Tensor, rows: np.ndarray, cols: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """``(P,) float32`` inner products ``features[rows[p]] . features[cols[p]]`` (chunked gathers)."""
+    out = np.empty(len(rows), dtype=np.float32)
+    if features.device.type == "cpu":
+        fn = features.contiguous().numpy()  # numpy gathers: huge-page temporaries, no torch copies
+        for s in range(0, len(rows), chunk):
+            out[s:s + chunk] = np.einsum("pd,pd->p", fn[rows[s:s + chunk]], fn[cols[s:s + chunk]])
+        return out
+    for s in range(0, len(rows), chunk):
+        r = torch.from_numpy(rows[s:s + chunk]).to(features.device)
+        c = torch.from_numpy(cols[s:s + chunk]).to(features.device)
+        out[s:s + chunk] = (features[r] * features[c]).sum(1).cpu().numpy()
+    return out
+
+
+def k_reciprocal_encoding(features: Tensor, indices: np.ndarray, similarities: np.ndarray | None,
+                          k1: int, k2: int) -> sp.csr_matrix:
+    """The sparse k-reciprocal encoding ``V`` after query expansion (steps 2-5 of the module doc).
 
     Args:
-        features: ``(N, d) float32`` L2-normalised.
-        initial_rank: ``(N, >= k1) int64`` neighbours, self first (``unreid.pseudo_labels.knn``).
-        k1, k2: as in the module docstring.
+        features: ``(N, d) float32`` L2-normalised features (for inner products not in the k-NN list).
+        indices: ``(N, >= k1) int64`` neighbour table, self in column 0
+            (:func:`unreid.pseudo_labels.knn.knn`); only the first ``k1`` columns are used.
+        similarities: ``(N, >= k1) float32`` inner products matching ``indices``, or ``None`` to
+            recompute every needed product from ``features``.
+        k1: k-reciprocal neighbourhood size (CC: 30), ``1 <= k1 <= indices.shape[1]``.
+        k2: query-expansion size (CC: 6), ``>= 1``; ``1`` disables it.
+
+    Returns:
+        ``(N, N) csr_matrix float32`` with sorted indices; every row sums to 1 (float32 rounding).
+
+    Raises:
+        ValueError: ``k1`` / ``k2`` out of range or ``indices`` of the wrong shape.
     """
-    n = features.shape[0]
-    k1 = min(k1, initial_rank.shape[1])
-    r1 = _reciprocal(initial_rank, k1)
-    half_cols = min(int(np.around(k1 / 2)) + 1, k1)
-    rh = _reciprocal(initial_rank, half_cols)
-    # |R(c, k1/2) & R(i, k1)| for c in R(i, k1)
-    overlap = (r1 @ rh.T).multiply(r1).tocsr()
-    size_h = np.asarray(rh.sum(axis=1)).ravel()
-    ov = overlap.tocoo()
-    accept = ov.data > (2.0 / 3.0) * size_h[ov.col]
-    acc = sp.csr_matrix((np.ones(int(accept.sum()), np.float32), (ov.row[accept], ov.col[accept])), shape=(n, n))
-    expanded = ((r1 + acc @ rh) > 0).tocsr()
+    n = indices.shape[0]
+    if indices.ndim != 2 or not 1 <= k1 <= indices.shape[1]:
+        raise ValueError(f"k-reciprocal encoding needs an (N, >= k1={k1}) neighbour table, got {indices.shape}")
+    if k2 < 1:
+        raise ValueError(f"k2 must be >= 1, got {k2}")
+    rank = np.ascontiguousarray(indices[:, :k1], dtype=np.int64)
+    r1 = _reciprocal(rank, k1)
+    rh = _reciprocal(rank, min(int(np.around(k1 / 2)) + 1, k1))
+    # overlap[i, c] = |R(i, k1) & R(c, k1/2)| for c in R(i, k1)
+    overlap = (r1 @ rh.T).multiply(r1).tocoo()
+    size_h = np.diff(rh.indptr)
+    acc = overlap.data > (2.0 / 3.0) * size_h[overlap.col]
+    accepted = sp.csr_matrix((np.ones(int(acc.sum()), np.float32), (overlap.row[acc], overlap.col[acc])),
+                             shape=(n, n))
+    expanded = (r1 + accepted @ rh).tocsr()
     expanded.sort_indices()
-    coo = expanded.tocoo()
-    rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    f = features.float().cpu()
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(expanded.indptr))
+    cols = expanded.indices.astype(np.int64)
+    # inner products: from the k-NN list where available, computed otherwise
     dots = np.empty(len(rows), dtype=np.float32)
-    for s in range(0, len(rows), block):
-        ri, ci = torch.from_numpy(rows[s:s + block]), torch.from_numpy(cols[s:s + block])
-        dots[s:s + block] = (f[ri] * f[ci]).sum(1).numpy()
-    w = np.exp(-(2.0 - 2.0 * dots.astype(np.float64)))  # softmax numerator; d in [0, 4] so no overflow
-    row_sum = np.bincount(rows, weights=w, minlength=n)
-    v = sp.csr_matrix(((w / row_sum[rows]).astype(np.float32), (rows, cols)), shape=(n, n))
-    if k2 > 1:
-        kk = min(k2, initial_rank.shape[1])
-        q = _rank_matrix(initial_rank, kk) * (1.0 / kk)
+    found = np.zeros(len(rows), dtype=bool)
+    if similarities is not None:
+        keys, order = _sorted_pair_keys(rank)
+        sims = np.take_along_axis(np.asarray(similarities[:, :k1], dtype=np.float32), order, 1).ravel()
+        pos, found = _lookup(keys, rows * n + cols)
+        dots[found] = sims[pos[found]]
+    missing = ~found
+    if missing.any():
+        dots[missing] = _pair_dots(torch.as_tensor(features).float(), rows[missing], cols[missing])
+    w = np.exp(2.0 * dots.astype(np.float64) - 2.0)  # exp(-d), d = 2 - 2 cos in [0, 4]: no overflow
+    w /= np.bincount(rows, weights=w, minlength=n)[rows]
+    v = sp.csr_matrix((w.astype(np.float32), expanded.indices, expanded.indptr), shape=(n, n))
+    kq = min(k2, k1)
+    if k2 != 1 and kq > 1:
+        q = sp.csr_matrix((np.full(n * kq, 1.0 / kq, dtype=np.float32),
+                           rank[:, :kq].ravel(), np.arange(0, n * kq + 1, kq)), shape=(n, n))
         v = (q @ v).tocsr()
     v.sort_indices()
     return v
 
 
-def jaccard_from_encoding(v: sp.csr_matrix, max_pairs: int = 20_000_000) -> sp.csr_matrix:
-    """Sparse Jaccard distances ``(N, N) float32`` for every pair sharing a non-zero column of ``v``.
+def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_work: int = 2_000_000,
+                         max_cells: int = 4_000_000) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Jaccard distances of the pairs ``i <= j`` that share a non-zero column of ``v``, block by block.
 
-    ``S_ij = sum_k min(V_ik, V_jk)`` is accumulated column by column (all pairs of rows that hold
-    column ``k``), in chunks of at most ``max_pairs`` pair-contributions. Returns ``1 - S/(2-S)``
-    clipped at 0, with zeros stored explicitly (diagonal included).
-    """
-    n = v.shape[0]
-    csc = v.tocsc()
-    csc.sort_indices()
-    lengths = np.diff(csc.indptr).astype(np.int64)
-    cost = lengths**2
-    acc = sp.csr_matrix((n, n), dtype=np.float64)
-    start = 0
-    cum = np.cumsum(cost)
-    while start < n:
-        base = cum[start - 1] if start else 0
-        stop = int(np.searchsorted(cum, base + max_pairs, side="right"))
-        stop = max(stop, start + 1)
-        cols = np.arange(start, stop)
-        lens = lengths[cols]
-        ptr = csc.indptr[cols]
-        # entry e (within these columns) pairs with all entries of its column
-        ent_col_len = np.repeat(lens, lens)
-        ent_pos = np.concatenate([np.arange(p, p + L) for p, L in zip(ptr, lens)]) if len(cols) else np.zeros(0, int)
-        ent_start = np.repeat(ptr, lens)
-        a = np.repeat(ent_pos, ent_col_len)
-        offs = np.arange(len(a)) - np.repeat(np.cumsum(ent_col_len) - ent_col_len, ent_col_len)
-        b = np.repeat(ent_start, ent_col_len) + offs
-        vals = np.minimum(csc.data[a], csc.data[b]).astype(np.float64)
-        part = sp.coo_matrix((vals, (csc.indices[a], csc.indices[b])), shape=(n, n)).tocsr()
-        acc = acc + part
-        start = stop
-    acc.sum_duplicates()
-    s = acc.data
-    d = 1.0 - s / (2.0 - s)
-    d[d < 0] = 0.0
-    out = sp.csr_matrix((d.astype(np.float32), acc.indices.copy(), acc.indptr.copy()), shape=(n, n))
-    return out
-
-
-def jaccard_distance(features: Tensor, k1: int = 30, k2: int = 6, knn_method: str = "exact",
-                     knn_block: int = 4096, initial_rank: np.ndarray | None = None) -> sp.csr_matrix:
-    """k-reciprocal Jaccard distance of L2-normalised ``features`` ``(N, d)`` as a sparse matrix.
+    For a block of rows, every non-zero ``V_ik`` is paired with the entries ``V_jk, j >= i`` of its
+    column (a CSC slice), the terms ``min(V_ik, V_jk)`` are summed per pair with ``np.bincount``
+    into a dense ``rows x width`` accumulator (``width`` = from the block's first row to its last
+    partner), and the cells that were hit are read back. The cost is the number of terms,
+    ``sum_k n_k (n_k + 1) / 2`` for column counts ``n_k`` - the same terms the reference sums.
 
     Args:
-        k1, k2: CC defaults 30 and 6 (``examples/cluster_contrast_train_usl.py``).
-        knn_method, knn_block: see :func:`unreid.pseudo_labels.knn.knn`.
-        initial_rank: precomputed ``(N, >= k1)`` neighbours (self first), e.g. to time k-NN apart.
+        v: ``(N, N)`` encoding from :func:`k_reciprocal_encoding` (rows sum to 1).
+        max_dist: keep only distances ``<= max_dist`` (e.g. DBSCAN's eps); ``None`` keeps all.
+        max_work: at most this many ``min(V_ik, V_jk)`` terms per block (about 20 bytes each of
+            temporary memory), unless a single row has more.
+        max_cells: at most this many accumulator cells (9 bytes each) per block, unless a single
+            row needs more.
+
+    Yields:
+        ``(rows, cols, dist)``: ``int64``, ``int64``, ``float32`` arrays with ``rows <= cols``, the
+        diagonal included (its distance is 0 up to float rounding); every pair exactly once over
+        all blocks, blocks in row order.
+    """
+    n = v.shape[0]
+    v = v.tocsr()
+    v.sort_indices()
+    nnz = v.nnz
+    idt = np.int32 if max(nnz, n) < 2**31 - 1 else np.int64
+    row_len = np.diff(v.indptr)
+    csr_rows = np.repeat(np.arange(n, dtype=np.int64), row_len)
+    # position of every CSR entry in the CSC layout (rows sorted within a column)
+    perm = sp.csr_matrix((np.arange(1, nnz + 1, dtype=np.int64), v.indices, v.indptr), shape=v.shape).tocsc()
+    src = perm.data - 1
+    pos = np.empty(nnz, dtype=np.int64)
+    pos[src] = np.arange(nnz, dtype=np.int64)
+    col_rows = perm.indices.astype(idt)  # row of each CSC position
+    data = np.asarray(v.data, dtype=np.float32)
+    col_vals = data[src]
+    col_end = perm.indptr[1:].astype(np.int64)[v.indices]
+    length = col_end - pos  # partners j >= i in the same column, i itself included
+    # the last partner row of every row (every row holds at least its own column: R*(i) has i)
+    last = col_rows[col_end - 1].astype(np.int64)
+    row_max = np.arange(n, dtype=np.int64)
+    nonempty = row_len > 0
+    if nonempty.any():
+        row_max[nonempty] = np.maximum(row_max[nonempty], np.maximum.reduceat(last, v.indptr[:-1][nonempty]))
+    row_work = np.bincount(csr_rows, weights=length, minlength=n).astype(np.int64)
+    cum_work = np.concatenate([[0], np.cumsum(row_work)])
+    del perm, src, col_end, last
+    mark = np.zeros(max_cells + n, dtype=bool)  # reused: accumulator cells hit
+    r0 = 0
+    while r0 < n:
+        r1 = int(np.searchsorted(cum_work, cum_work[r0] + max_work, side="right")) - 1
+        r1 = max(min(r1, n), r0 + 1)
+        hi = np.maximum.accumulate(row_max[r0:r1])  # band end if the block stopped at each row
+        cells = np.arange(1, r1 - r0 + 1) * (hi - r0 + 1)
+        r1 = r0 + max(1, int(np.searchsorted(cells, max_cells, side="right")))
+        width = int(hi[r1 - r0 - 1] - r0 + 1)
+        e0, e1 = v.indptr[r0], v.indptr[r1]
+        lens = length[e0:e1]
+        first = np.cumsum(lens) - lens
+        q = np.arange(int(cum_work[r1] - cum_work[r0]), dtype=idt)
+        q += np.repeat((pos[e0:e1] - first).astype(idt), lens)  # CSC position of each partner
+        terms = np.repeat(data[e0:e1], lens)
+        np.minimum(terms, col_vals[q], out=terms)
+        keys = np.repeat((csr_rows[e0:e1] - r0) * width - r0, lens)
+        keys += col_rows[q]
+        del q
+        s = np.bincount(keys, weights=terms, minlength=(r1 - r0) * width)
+        size = (r1 - r0) * width
+        hit_mask = mark[:size] if size <= len(mark) else np.zeros(size, dtype=bool)  # one huge row
+        hit_mask[keys] = True
+        del keys, terms
+        hit = np.flatnonzero(hit_mask)
+        hit_mask[hit] = False
+        sv = s[hit]
+        del s
+        dist = 1.0 - sv / (2.0 - sv)
+        np.maximum(dist, 0.0, out=dist)
+        if max_dist is not None:
+            keep = dist <= max_dist
+            hit, dist = hit[keep], dist[keep]
+        yield hit // width + r0, hit % width + r0, dist.astype(np.float32)
+        r0 = r1
+
+
+def symmetric_csr(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> sp.csr_matrix:
+    """``(n, n) csr_matrix`` from upper-triangle entries ``rows <= cols``, mirrored; zeros kept explicit.
+
+    Each row's entries are sorted by column.
+    """
+    off = rows != cols
+    r = np.concatenate([rows, cols[off]])
+    c = np.concatenate([cols, rows[off]])
+    d = np.concatenate([vals, vals[off]])
+    order = np.lexsort((c, r))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
+    idx_dtype = np.int32 if max(n, len(r)) < 2**31 - 1 else np.int64
+    return sp.csr_matrix((d[order], c[order].astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n))
+
+
+def jaccard_distance(features: Tensor | np.ndarray, k1: int = 30, k2: int = 6, knn_method: str = "exact",
+                     knn_block: int = 4096, neighbours: tuple[np.ndarray, np.ndarray | None] | None = None,
+                     ) -> sp.csr_matrix:
+    """k-reciprocal Jaccard distance of L2-normalised ``features`` as a sparse symmetric matrix.
+
+    Args:
+        features: ``(N, d) float32`` L2-normalised features.
+        k1, k2: CC defaults 30 and 6 (``examples/cluster_contrast_train_usl.py``); ``k1 <= N``.
+        knn_method, knn_block: see :func:`unreid.pseudo_labels.knn.knn` (ignored with ``neighbours``).
+        neighbours: precomputed ``(indices, similarities)`` from
+            :func:`unreid.pseudo_labels.knn.knn` with ``>= k1`` columns (similarities may be ``None``).
 
     Returns:
-        ``(N, N) csr_matrix float32`` of distances in [0, 1] for pairs sharing a column of ``V``;
-        entries not stored are exactly 1.
+        ``(N, N) csr_matrix float32`` of distances in [0, 1] for every pair sharing a non-zero column
+        of ``V`` (the diagonal included, stored explicitly even where it is 0); entries not stored
+        are exactly 1. Symmetric, indices sorted.
+
+    Raises:
+        ValueError: ``k1`` outside ``[1, N]``.
     """
     from unreid.pseudo_labels.knn import knn
 
-    if initial_rank is None:
-        initial_rank = knn(features, k1, knn_method, knn_block)
-    v = k_reciprocal_encoding(features, initial_rank, k1, k2)
-    return jaccard_from_encoding(v)
+    f = torch.as_tensor(features).float()
+    n = f.shape[0]
+    if not 1 <= k1 <= n:
+        raise ValueError(f"k1 must be in [1, N={n}], got {k1}")
+    if neighbours is None:
+        neighbours = knn(f, k1, knn_method, knn_block)
+    v = k_reciprocal_encoding(f, neighbours[0], neighbours[1], k1, k2)
+    parts = list(jaccard_upper_blocks(v))
+    rows = np.concatenate([p[0] for p in parts])
+    cols = np.concatenate([p[1] for p in parts])
+    vals = np.concatenate([p[2] for p in parts])
+    return symmetric_csr(n, rows, cols, vals)

@@ -1,72 +1,103 @@
-"""Pseudo-label quality report.
+"""Pseudo-label quality report (what the trainer logs every epoch).
 
-Always: clusters, outliers, outlier ratio, cluster-size histogram, mean size, and the cross-camera
-ratio (fraction of clusters whose members come from >= 2 cameras: whether the camera gap is being
-crossed). With ground truth - **for reporting only**, it never reaches training - NMI and ARI
-(scikit-learn; outliers each count as their own singleton cluster, ``ari_clustered`` over clustered
-samples only) and pairwise precision / recall / F-score over same-cluster pairs (from the
-contingency table, not O(N^2)).
+Always: number of clusters and outliers, outlier ratio, cluster-size histogram, mean cluster size
+and, with camera ids, the cross-camera ratio (fraction of clusters whose members come from at least
+two cameras: whether clustering crosses the camera gap rather than grouping by camera).
+
+With ground-truth identities - **for the report only**; they never reach a loss, a sampler or a
+clustering step (DESIGN.md):
+
+* ``nmi`` and ``ari``: scikit-learn ``normalized_mutual_info_score`` (arithmetic normalisation) and
+  ``adjusted_rand_score`` over **all** samples, each outlier counted as its own singleton cluster.
+  Choice: the outliers are samples the epoch does not train on, and scoring them as singletons
+  penalises discarding same-identity samples, while treating ``-1`` as one big cluster would reward
+  a pile of unrelated outliers. ``ari_clustered`` is the ARI over clustered samples only.
+* ``pairwise_precision`` / ``pairwise_recall`` / ``pairwise_f``: over unordered sample pairs,
+  precision = same-identity pairs among pairs in the same predicted cluster, recall = those among
+  all same-identity pairs (outliers pair with nobody, so they lower recall), F = harmonic mean.
+  Computed from contingency-table counts (``sum C(n, 2)``), never from the ``O(N^2)`` pairs.
+
+Every value is a plain python ``int`` / ``float`` / ``None`` / ``dict`` (JSON-serialisable).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_BUCKETS = [(1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, 16, "9-16"), (17, 32, "17-32"),
-            (33, 10**12, ">32")]
+#: cluster-size buckets (inclusive bounds) of ``size_histogram``
+SIZE_BUCKETS = ((1, 1, "1"), (2, 2, "2"), (3, 4, "3-4"), (5, 8, "5-8"), (9, 16, "9-16"), (17, 32, "17-32"),
+                (33, None, ">32"))
 
 
-def _pairs(counts: np.ndarray) -> float:
-    c = counts.astype(np.float64)
-    return float((c * (c - 1) / 2).sum())
+def _pairs(counts: np.ndarray) -> int:
+    c = counts.astype(np.int64)
+    return int((c * (c - 1) // 2).sum())
 
 
 def cluster_report(labels: np.ndarray, camids: np.ndarray | None = None, gt: np.ndarray | None = None) -> dict:
-    """JSON-serialisable quality report of ``labels`` ``(N,) int`` (-1 = outlier).
+    """Quality report of pseudo-labels.
 
     Args:
-        camids: ``(N,) int`` cameras, for the cross-camera ratio.
-        gt: ``(N,) int`` true identities (all >= 0) - report only.
+        labels: ``(N,) int`` cluster ids (any non-negative ids), ``-1`` for outliers.
+        camids: ``(N,) int`` camera ids, or ``None``.
+        gt: ``(N,) int`` true identities, all ``>= 0``, or ``None``. Report only.
+
+    Returns:
+        dict with ``num_samples``, ``num_clusters``, ``num_outliers``, ``outlier_ratio``,
+        ``size_histogram`` (bucket name -> number of clusters, buckets :data:`SIZE_BUCKETS`),
+        ``mean_size`` (mean members per cluster, 0.0 without clusters), ``cross_camera_ratio``
+        (``None`` without camids or clusters); with ``gt`` also ``nmi``, ``ari``, ``ari_clustered``
+        (``None`` with fewer than 2 clustered samples), ``pairwise_precision``,
+        ``pairwise_recall``, ``pairwise_f`` (0.0 where the denominator is 0).
+
+    Raises:
+        ValueError: ``labels`` not 1-D, ``camids`` / ``gt`` of another length, or ``gt < 0``.
     """
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     n = len(labels)
     clustered = labels >= 0
-    sizes = np.bincount(labels[clustered]) if clustered.any() else np.zeros(0, np.int64)
-    sizes = sizes[sizes > 0]
+    lab = labels[clustered]
+    _, inv, sizes = np.unique(lab, return_inverse=True, return_counts=True)
     rep: dict = {
         "num_samples": int(n),
         "num_clusters": int(len(sizes)),
-        "num_outliers": int((~clustered).sum()),
-        "outlier_ratio": float((~clustered).mean()) if n else 0.0,
+        "num_outliers": int(n - clustered.sum()),
+        "outlier_ratio": float(1.0 - clustered.mean()) if n else 0.0,
+        "size_histogram": {name: int(((sizes >= lo) & (True if hi is None else sizes <= hi)).sum())
+                           for lo, hi, name in SIZE_BUCKETS},
         "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
-        "size_histogram": {name: int(((sizes >= lo) & (sizes <= hi)).sum()) for lo, hi, name in _BUCKETS},
         "cross_camera_ratio": None,
     }
-    if camids is not None and len(sizes):
-        cams = np.asarray(camids)[clustered]
-        lab = labels[clustered]
-        pairs = np.unique(np.stack([lab, cams], 1), axis=0)
-        per_cluster = np.bincount(pairs[:, 0])
-        per_cluster = per_cluster[per_cluster > 0]
-        rep["cross_camera_ratio"] = float((per_cluster >= 2).mean())
+    if camids is not None:
+        cams = np.asarray(camids).astype(np.int64)
+        if cams.shape != (n,):
+            raise ValueError(f"camids has shape {cams.shape}, expected ({n},) like labels")
+        if len(sizes):
+            pairs = np.unique(np.stack([inv, cams[clustered]], 1), axis=0)
+            cams_per_cluster = np.bincount(pairs[:, 0], minlength=len(sizes))
+            rep["cross_camera_ratio"] = float((cams_per_cluster >= 2).mean())
     if gt is not None:
         from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-        gt = np.asarray(gt, dtype=np.int64)
-        if len(gt) != n or (gt < 0).any():
-            raise ValueError("gt must hold one identity >= 0 per sample")
-        full = labels.copy()
-        full[~clustered] = labels.max(initial=-1) + 1 + np.arange((~clustered).sum())  # outliers: singletons
-        rep["nmi"] = float(normalized_mutual_info_score(gt, full))
-        rep["ari"] = float(adjusted_rand_score(gt, full))
-        rep["ari_clustered"] = float(adjusted_rand_score(gt[clustered], labels[clustered])) if clustered.sum() > 1 else 0.0
-        # pairwise precision / recall over pairs in the same predicted cluster (outliers pair with nobody)
-        pred_pairs = _pairs(np.bincount(labels[clustered])) if clustered.any() else 0.0
-        true_pairs = _pairs(np.bincount(gt))
-        joint = np.unique(np.stack([labels[clustered], gt[clustered]], 1), axis=0, return_counts=True)[1]
+        g = np.asarray(gt).astype(np.int64)
+        if g.shape != (n,):
+            raise ValueError(f"gt has shape {g.shape}, expected ({n},) like labels")
+        if (g < 0).any():
+            raise ValueError(f"gt must hold an identity >= 0 for every sample; {int((g < 0).sum())} are negative")
+        full = np.where(clustered, labels, 0)
+        full[~clustered] = labels.max(initial=-1) + 1 + np.arange(n - clustered.sum())  # outliers: singletons
+        rep["nmi"] = float(normalized_mutual_info_score(g, full))
+        rep["ari"] = float(adjusted_rand_score(g, full))
+        rep["ari_clustered"] = float(adjusted_rand_score(g[clustered], lab)) if len(lab) >= 2 else None
+        pred_pairs = _pairs(sizes)
+        true_pairs = _pairs(np.unique(g, return_counts=True)[1])
+        joint = np.unique(np.stack([inv, g[clustered]], 1), axis=0, return_counts=True)[1] if len(lab) else np.zeros(0)
         tp = _pairs(joint)
         p = tp / pred_pairs if pred_pairs else 0.0
         r = tp / true_pairs if true_pairs else 0.0
-        rep.update(pairwise_precision=float(p), pairwise_recall=float(r),
-                   pairwise_f=float(2 * p * r / (p + r)) if p + r else 0.0)
+        rep["pairwise_precision"] = float(p)
+        rep["pairwise_recall"] = float(r)
+        rep["pairwise_f"] = float(2 * p * r / (p + r)) if p + r else 0.0
     return rep

@@ -1,0 +1,271 @@
+"""Pseudo-labelling speed and memory: k-NN, sparse k-reciprocal Jaccard distance, DBSCAN / InfoMap.
+
+Generates ``N`` clustered unit features (identities of about 16 images, each image seen by one of 6
+cameras that adds its own offset, plus noise), then runs the three stages of
+``unreid.pseudo_labels.PseudoLabeler`` one after the other (its own stage methods, the code path of
+``fit``) and prints each stage's wall time and peak RSS. Results and commands: docs/BENCHMARKS.md.
+
+    python benchmarks/pseudo_labels.py --n 12936 --dim 2048
+    python benchmarks/pseudo_labels.py --n 12936 --dim 2048 --compare-dense
+    python benchmarks/pseudo_labels.py --n 100000 --dim 2048
+    python benchmarks/pseudo_labels.py --n 100000 --dim 2048 --knn hnsw --compare-exact
+
+Peak RSS per stage: the kernel's high-water mark (``VmHWM``) is reset before each stage by writing
+5 to ``/proc/self/clear_refs`` (Linux >= 4.0), so each stage's figure is its own peak; where that is
+not possible, the running peak of ``resource.getrusage(...).ru_maxrss`` is printed instead. Both
+include the Python interpreter, the imported libraries (torch alone is about 0.5 GiB here) and the
+features; the "baseline" line gives that floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class Peak:
+    """Per-stage peak resident memory (GiB)."""
+
+    def __init__(self) -> None:
+        self.resettable = self._reset()
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status(field: str) -> float | None:
+        try:
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) / 2**20  # kB -> GiB
+        except OSError:
+            pass
+        return None
+
+    def start(self) -> None:
+        if self.resettable:
+            self._reset()
+
+    def peak(self) -> float:
+        hwm = self._status("VmHWM") if self.resettable else None
+        return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    def current(self) -> float:
+        rss = self._status("VmRSS")
+        return rss if rss is not None else float("nan")
+
+
+def make_features(n: int, dim: int, seed: int = 0, per_id: int = 16, cams: int = 6, latent: int = 128,
+                  spread: float = 1.0, noise: float = 0.5, cam_offset: float = 0.7, chunk: int = 8192,
+                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Clustered unit features with a low intrinsic dimension, generated in float32 chunks.
+
+    Sample ``i`` of identity ``p`` seen by camera ``c`` is
+    ``normalize(centre[p] + spread * h_i / sqrt(latent) + cam_offset * offset[c] + noise * g / sqrt(dim))``
+    where the identity centres are random unit vectors of a random ``latent``-dimensional subspace
+    and ``h_i`` is a standard Gaussian in that subspace (pose / appearance changes; deep re-ID
+    features concentrate most of their variance in a few hundred directions; with isotropic
+    2048-d centres every non-identity neighbour would be a near-tie and no approximate search could
+    tell them apart), ``offset[c]`` are random unit vectors (the camera gap) and ``g`` is standard
+    Gaussian noise. Identities have ``per_id`` images on average (uniform draw).
+
+    Returns:
+        ``(features (n, dim) float32 L2-normalised, identities (n,) int64, cameras (n,) int64)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_ids = max(1, n // per_id)
+    ids = torch.randint(n_ids, (n,), generator=g)
+    cam = torch.randint(cams, (n,), generator=g)
+    basis, _ = torch.linalg.qr(torch.randn(dim, latent, generator=g))  # (dim, latent) orthonormal
+    centres = torch.nn.functional.normalize(torch.randn(n_ids, latent, generator=g), dim=1) @ basis.T
+    offsets = torch.nn.functional.normalize(torch.randn(cams, dim, generator=g), dim=1) * cam_offset
+    out = torch.from_numpy(np.empty((n, dim), dtype=np.float32))
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        block = out[s:e]
+        torch.randn(e - s, dim, generator=g, out=block)
+        block.mul_(noise / dim**0.5).add_(centres[ids[s:e]]).add_(offsets[cam[s:e]])
+        block.add_(torch.randn(e - s, latent, generator=g) @ basis.T, alpha=spread / latent**0.5)
+        block.div_(block.norm(dim=1, keepdim=True))
+    return out, ids.numpy(), cam.numpy()
+
+
+def _dense_oracle():
+    """The dense reference implementation written in tests/test_jaccard.py."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "test_jaccard.py"
+    spec = importlib.util.spec_from_file_location("_test_jaccard", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod.dense_jaccard
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=12936, help="number of features (Market-1501 train: 12,936)")
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--knn", default="exact", choices=["exact", "faiss", "hnsw", "pca"])
+    p.add_argument("--cluster", default="dbscan", choices=["dbscan", "infomap"])
+    p.add_argument("--k1", type=int, default=30)
+    p.add_argument("--k2", type=int, default=6)
+    p.add_argument("--eps", type=float, default=0.6)
+    p.add_argument("--min-samples", type=int, default=4)
+    p.add_argument("--rho", type=float, default=None, help="GCL rho-adaptive eps instead of --eps")
+    p.add_argument("--knn-block", type=int, default=4096)
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--hnsw-ef-construction", type=int, default=64)
+    p.add_argument("--hnsw-ef-search", type=int, default=128)
+    p.add_argument("--pca-dim", type=int, default=256)
+    p.add_argument("--pca-oversample", type=float, default=1.5)
+    p.add_argument("--threads", type=int, default=2, help="torch / faiss threads (the machine has 2 cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare-dense", action="store_true",
+                   help="also run the dense in-test reference (tests/test_jaccard.py; needs ~4 N^2 x 8 bytes)")
+    p.add_argument("--compare-exact", action="store_true",
+                   help="with an approximate --knn: recall@k1 and ARI of the final labels against exact k-NN")
+    p.add_argument("--exact-cache", default=None,
+                   help="with --compare-exact: .npz file holding the exact neighbours and labels of the same "
+                        "features (written when missing), so that several approximate runs share one exact run")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        pass
+    # import everything first: one-time import costs are not part of any stage
+    import sklearn.cluster  # noqa: F401
+    from sklearn.metrics import adjusted_rand_score
+
+    from unreid.config import PseudoLabelConfig
+    from unreid.pseudo_labels import PseudoLabeler, check_features, cluster_report
+    from unreid.pseudo_labels.knn import recall_at_k
+
+    if args.cluster == "infomap":
+        import infomap  # noqa: F401
+
+    meter = Peak()
+    out: dict = {"argv": sys.argv[1:], "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                 "threads": args.threads, "peak_rss": "VmHWM reset per stage" if meter.resettable else "running ru_maxrss"}
+    t = time.perf_counter()
+    f, ids, cams = make_features(args.n, args.dim, args.seed)
+    print(f"N={args.n:,} d={args.dim} knn={args.knn} cluster={args.cluster} k1={args.k1} k2={args.k2} "
+          f"eps={args.eps if args.rho is None else f'rho {args.rho}'} min_samples={args.min_samples} "
+          f"threads={args.threads}; features generated in {time.perf_counter() - t:.1f} s")
+    print(f"baseline (interpreter + libraries + features): RSS {meter.current():.2f} GiB "
+          f"(peak RSS measured as {out['peak_rss']})")
+    out["baseline_rss_gib"] = round(meter.current(), 3)
+    cfg = PseudoLabelConfig(cluster=args.cluster, k1=args.k1, k2=args.k2, eps=args.eps,
+                            min_samples=args.min_samples, rho=args.rho, knn=args.knn, knn_block=args.knn_block,
+                            hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction,
+                            hnsw_ef_search=args.hnsw_ef_search, pca_dim=args.pca_dim,
+                            pca_oversample=args.pca_oversample)
+    labeler = PseudoLabeler(cfg)
+    stages: dict = {}
+
+    def stage(name, fn, *a):
+        meter.start()
+        t0 = time.perf_counter()
+        res = fn(*a)
+        dt = time.perf_counter() - t0
+        stages[name] = {"time_s": round(dt, 2), "peak_rss_gib": round(meter.peak(), 3)}
+        print(f"  {name:<22s} {dt:8.2f} s   peak RSS {stages[name]['peak_rss_gib']:.2f} GiB")
+        return res
+
+    f = stage("check features", check_features, f)
+    neighbours = stage(f"k-NN ({args.knn})", labeler.neighbours, f)
+    if args.cluster == "dbscan":
+        graph, eps = stage("Jaccard (sparse)", labeler.jaccard_graph, f, neighbours)
+        labels = stage("DBSCAN", labeler.dbscan, args.n, graph, eps)
+        print(f"  pairs within eps={eps:.4f}: {len(graph[0]):,} (upper triangle, diagonal included)")
+    else:
+        from unreid.pseudo_labels.cluster import infomap_cluster
+
+        eps = None
+        labels = stage("InfoMap", infomap_cluster, f, neighbours[0].shape[1], cfg.infomap_min_sim,
+                       cfg.infomap_min_size, neighbours)
+    total = sum(s["time_s"] for s in stages.values())
+    peak = max(s["peak_rss_gib"] for s in stages.values())
+    rep = cluster_report(labels, cams, ids)
+    print(f"TOTAL {total:.2f} s (k-NN {stages[f'k-NN ({args.knn})']['time_s']:.2f} s), peak RSS {peak:.2f} GiB; "
+          f"{rep['num_clusters']} clusters, {rep['outlier_ratio']:.1%} outliers, ARI vs identities "
+          f"{rep['ari']:.3f}")
+    out.update(n=args.n, dim=args.dim, knn=args.knn, cluster=args.cluster, eps=eps, stages=stages,
+               total_s=round(total, 2), peak_rss_gib=round(peak, 3),
+               report={k: rep[k] for k in ("num_clusters", "outlier_ratio", "ari", "nmi")})
+
+    if args.compare_exact and args.knn != "exact":
+        k = neighbours[0].shape[1]
+        key = np.array([args.n, args.dim, args.seed, k, args.k2, args.min_samples], dtype=np.float64)
+        key = np.concatenate([key, [eps if eps is not None else -1.0, 0 if args.cluster == "dbscan" else 1]])
+        cache = Path(args.exact_cache) if args.exact_cache else None
+        if cache is not None and cache.exists() and np.array_equal(np.load(cache)["key"], key):
+            z = np.load(cache)
+            exact_idx, exact_labels, t_exact = z["indices"], z["labels"], float(z["time"])
+            print(f"exact neighbours and labels read from {cache}")
+        else:
+            exact_cfg = PseudoLabelConfig(**{**cfg.__dict__, "knn": "exact", "rho": None,
+                                             "eps": eps if eps is not None else cfg.eps})
+            exact_labeler = PseudoLabeler(exact_cfg)
+            t0 = time.perf_counter()
+            exact_nb = exact_labeler.neighbours(f)
+            t_exact = time.perf_counter() - t0
+            exact_idx = exact_nb[0]
+            if args.cluster == "dbscan":
+                g2, e2 = exact_labeler.jaccard_graph(f, exact_nb)
+                exact_labels = exact_labeler.dbscan(args.n, g2, e2)
+            else:
+                from unreid.pseudo_labels.cluster import infomap_cluster
+
+                exact_labels = infomap_cluster(f, k, cfg.infomap_min_sim, cfg.infomap_min_size, exact_nb)
+            if cache is not None:
+                np.savez(cache, key=key, indices=exact_idx, labels=exact_labels, time=t_exact)
+        recall = recall_at_k(neighbours[0], exact_idx[:, :k])
+        ari = adjusted_rand_score(exact_labels, labels)
+        print(f"vs exact k-NN (exact search {t_exact:.1f} s, same eps): recall@{k} {recall:.4f}; ARI of the "
+              f"final pseudo-labels against the exact ones {ari:.4f}")
+        out.update(exact_knn_s=round(t_exact, 2), recall_at_k=round(recall, 5), ari_vs_exact=round(ari, 5))
+
+    if args.compare_dense:
+        from unreid.pseudo_labels.jaccard import jaccard_distance
+
+        dense_jaccard = _dense_oracle()
+        meter.start()
+        t0 = time.perf_counter()
+        dense = dense_jaccard(f.double().numpy(), neighbours[0], args.k1, args.k2)
+        t_dense = time.perf_counter() - t0
+        dense_peak = meter.peak()
+        sparse_t = stages["Jaccard (sparse)"]["time_s"]
+        full = jaccard_distance(f, args.k1, args.k2, neighbours=neighbours).tocoo()
+        diff = np.abs(dense[full.row, full.col] - full.data).max()
+        dense[full.row, full.col] = 1.0
+        diff = max(diff, float(np.abs(dense - 1.0).max()))  # every pair not stored must be exactly 1
+        print(f"dense in-test reference (tests/test_jaccard.py): {t_dense:.1f} s, peak RSS {dense_peak:.2f} GiB; "
+              f"sparse Jaccard {sparse_t:.2f} s: {t_dense / sparse_t:.0f}x faster; max |difference| over all "
+              f"N^2 pairs {diff:.1e}")
+        out.update(dense_s=round(t_dense, 2), dense_peak_rss_gib=round(dense_peak, 3), dense_max_diff=diff)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
