@@ -1,8 +1,15 @@
-"""Cluster Contrast (Dai et al., ACCV 2022): the baseline.
+"""Cluster Contrast (Dai et al., "Cluster Contrast for Unsupervised Person Re-Identification",
+ACCV 2022): the baseline every other method here builds on.
 
-Each epoch: DBSCAN pseudo-labels on k-reciprocal Jaccard distances, a cluster memory initialised
-from normalised centroids; each step ClusterNCE against the memory, then the momentum update
-(``unreid.memory.cluster``). Reference: alibaba/cluster-contrast-reid @57b62e9.
+Each epoch (``Trainer``): pseudo-labels from k-reciprocal Jaccard distances + DBSCAN
+(:meth:`Method.refresh`), then a :class:`~unreid.memory.cluster.ClusterMemory` initialised from the
+normalised cluster centroids of the extracted features (:meth:`ClusterContrast.build_memory`). Each step:
+ClusterNCE of the batch features against the memory; after ``optimizer.step()``: the momentum update.
+Reference: alibaba/cluster-contrast-reid @57b62e9 (``clustercontrast/models/cm.py``,
+``examples/cluster_contrast_train_usl.py``); deviations in docs/methods/cluster_contrast.md.
+
+Config: ``method.temperature`` (tau, 0.05), ``method.momentum`` (mu, 0.1), ``method.memory_update``
+(``per_sample`` as the reference, or ``batch_mean``).
 """
 
 from __future__ import annotations
@@ -19,24 +26,38 @@ from unreid.pseudo_labels.base import PseudoLabels
 
 @register_method("cluster_contrast")
 class ClusterContrast(Method):
-    """Cluster Contrast; config ``method.temperature`` (0.05), ``method.momentum`` (0.1),
-    ``method.memory_update`` (per_sample | batch_mean)."""
+    """Cluster Contrast on the shared engine (see module docstring and :class:`Method`)."""
 
     memory: ClusterMemory | None = None
 
+    def _new_memory(self, num_features: int, num_clusters: int) -> ClusterMemory:
+        m = self.cfg.method
+        return ClusterMemory(num_features, num_clusters, m.temperature, m.momentum, m.memory_update, self.device)
+
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
+        """Pseudo-labels (``Method.refresh``), then this epoch's memory from ``features`` ``(N, d)``."""
         labels = super().refresh(epoch, features)
         self.build_memory(features, labels)
         return labels
 
     def build_memory(self, features: Tensor, labels: PseudoLabels) -> None:
-        """Cluster memory from ``features`` ``(N, d)`` and ``labels``."""
-        m = self.cfg.method
-        self.memory = ClusterMemory(m.temperature, m.momentum, m.memory_update, self.device)
+        """A fresh cluster memory: ``labels.num_clusters`` rows, each the L2-normalised mean of its
+        cluster's rows of ``features`` ``(N, d) float32`` (outliers ignored)."""
+        self.memory = self._new_memory(int(features.shape[1]), labels.num_clusters)
         self.memory.init_from_features(features, labels.labels)
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        assert self.memory is not None, "refresh() must run before training steps"
+        """ClusterNCE of the batch.
+
+        Args:
+            batch: ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,) int64`` dataset indices.
+
+        Returns:
+            losses ``{"loss", "cluster_nce"}``; outputs ``{"features": (B, d)`` (with their graph, as
+            :meth:`Method.step` needs for the optional camera-aware proxy losses), ``"targets": (B,)}``.
+        """
+        if self.memory is None:
+            raise RuntimeError("ClusterContrast.training_step before refresh()/build_memory(): no memory yet")
         feats = self.model(batch["img"].to(self.device))
         targets = self.batch_targets(batch)
         loss = self.memory.loss(feats, targets)
@@ -44,18 +65,22 @@ class ClusterContrast(Method):
 
     @torch.no_grad()
     def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        assert self.memory is not None
+        """Momentum update with the step's (detached) features, after ``optimizer.step()``."""
+        if self.memory is None:
+            raise RuntimeError("ClusterContrast.update_memory before refresh()/build_memory(): no memory yet")
         self.memory.update(outputs["features"].detach(), outputs["targets"])
 
     def state_dict(self) -> dict[str, Any]:
+        """The base state (labels, proxies) plus ``"memory"``: the memory rows (exact copy)."""
         state = super().state_dict()
         if self.memory is not None:
             state["memory"] = self.memory.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the memory comes back bit for bit."""
         super().load_state_dict(state)
         if state.get("memory") is not None:
-            m = self.cfg.method
-            self.memory = ClusterMemory(m.temperature, m.momentum, m.memory_update, self.device)
+            rows = state["memory"]["features"]
+            self.memory = self._new_memory(int(rows.shape[1]), int(rows.shape[0]))
             self.memory.load_state_dict(state["memory"])

@@ -1,15 +1,21 @@
-"""HHCL: hard-sample guided hybrid contrastive learning (Hu, Zhu, He, IC-NIDC 2021).
+"""HHCL: hard-sample guided hybrid contrastive learning (Hu, Zhu, He, IC-NIDC 2021, arXiv 2109.12333).
 
-Cluster Contrast's pipeline with the hybrid memory of :mod:`unreid.memory.hybrid` (both public
-variants); config ``method.hhcl.{variant, hard_weight, legacy_weighting, num_slots, label_smoothing}``
-plus ``method.temperature`` / ``method.momentum``. docs/methods/hhcl.md says which variant
-reproduces what.
+Cluster Contrast's pipeline (same pseudo-labels, sampler and schedule) with the hybrid memory of
+:mod:`unreid.memory.hybrid`, in both public variants (bupt-ai-cz/HHCL-ReID @4986b46,
+``hhcl/models/cm.py``): ``CMhybrid`` (default; behind the published numbers) and ``CMhybrid_v2`` (the
+paper's P x C instance memory). docs/methods/hhcl.md says which reproduces what.
+
+Config: ``method.temperature`` (tau), ``method.momentum`` (mu), ``method.hhcl.variant``,
+``method.hhcl.hard_weight`` (w), ``method.hhcl.legacy_weighting``, ``method.hhcl.num_slots`` (P, v2),
+``method.hhcl.label_smoothing``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,49 +23,83 @@ from unreid.memory.hybrid import HybridMemory
 from unreid.methods.base import Method, StepOutput, register_method
 from unreid.pseudo_labels.base import PseudoLabels
 
+log = logging.getLogger("unreid")
+
+
+def slot_generator(seed: int, epoch: int) -> torch.Generator:
+    """CPU generator for the epoch's CMhybrid_v2 slot draw, a pure function of ``(seed, epoch)`` (numpy
+    ``SeedSequence`` mixing), so a resumed run redraws exactly what an uninterrupted one would."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
 
 @register_method("hhcl")
 class HHCL(Method):
-    """HHCL with ``CMhybrid`` (default, published numbers) or ``CMhybrid_v2``."""
+    """HHCL on the shared engine (see module docstring and :class:`Method`)."""
 
     memory: HybridMemory | None = None
 
-    def _new_memory(self) -> HybridMemory:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        h = self.cfg.method.hhcl
+        if h.variant == "cmhybrid_v2" and h.num_slots < self.cfg.data.num_instances:
+            log.warning("HHCL CMhybrid_v2: method.hhcl.num_slots=%d < data.num_instances=%d; a batch may hold "
+                        "more images of a cluster than there are slots and only the first %d are written (the "
+                        "public code ties P to --num-instances)", h.num_slots, self.cfg.data.num_instances,
+                        h.num_slots)
+
+    def _new_memory(self, num_features: int, num_clusters: int) -> HybridMemory:
         m, h = self.cfg.method, self.cfg.method.hhcl
-        return HybridMemory(h.variant, m.temperature, m.momentum, h.hard_weight, h.legacy_weighting, h.num_slots,
-                            h.label_smoothing, self.device)
+        return HybridMemory(num_features, num_clusters, variant=h.variant, temperature=m.temperature,
+                            momentum=m.momentum, hard_weight=h.hard_weight, legacy_weighting=h.legacy_weighting,
+                            num_slots=h.num_slots, label_smoothing=h.label_smoothing, device=self.device)
 
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
+        """Pseudo-labels (``Method.refresh``), then this epoch's hybrid memory from ``features`` ``(N, d)``."""
         labels = super().refresh(epoch, features)
         self.build_memory(features, labels, epoch)
         return labels
 
     def build_memory(self, features: Tensor, labels: PseudoLabels, epoch: int = 0) -> None:
-        """Hybrid memory of this epoch; v2 slots drawn with a generator seeded by (seed, epoch)."""
-        self.memory = self._new_memory()
-        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
-        self.memory.init_from_features(features, labels.labels, generator=g)
+        """A fresh hybrid memory from ``features`` ``(N, d) float32`` and ``labels``; the CMhybrid_v2
+        slots are drawn with :func:`slot_generator` ``(cfg.seed, epoch)``."""
+        self.memory = self._new_memory(int(features.shape[1]), labels.num_clusters)
+        self.memory.init_from_features(features, labels.labels, generator=slot_generator(self.cfg.seed, epoch))
 
     def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
-        assert self.memory is not None, "refresh() must run before training steps"
+        """The hybrid loss of the batch.
+
+        Args:
+            batch: ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,) int64`` dataset indices.
+
+        Returns:
+            losses ``{"loss", "centroid_nce", "hard_nce"}``; outputs ``{"features": (B, d)`` (with their
+            graph, as :meth:`Method.step` needs for the optional camera-aware losses), ``"targets": (B,)}``.
+        """
+        if self.memory is None:
+            raise RuntimeError("HHCL.training_step before refresh()/build_memory(): no memory yet")
         feats = self.model(batch["img"].to(self.device))
         targets = self.batch_targets(batch)
-        losses = self.memory.losses(feats, targets)
-        return StepOutput(losses, {"features": feats, "targets": targets})
+        return StepOutput(self.memory.losses(feats, targets), {"features": feats, "targets": targets})
 
     @torch.no_grad()
     def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        assert self.memory is not None
+        """The variant's memory update with the step's (detached) features, after ``optimizer.step()``."""
+        if self.memory is None:
+            raise RuntimeError("HHCL.update_memory before refresh()/build_memory(): no memory yet")
         self.memory.update(outputs["features"].detach(), outputs["targets"])
 
     def state_dict(self) -> dict[str, Any]:
+        """The base state (labels, proxies) plus ``"memory"`` (centroids, hard rows, slots; exact copies)."""
         state = super().state_dict()
         if self.memory is not None:
             state["memory"] = self.memory.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the memory comes back bit for bit."""
         super().load_state_dict(state)
         if state.get("memory") is not None:
-            self.memory = self._new_memory()
+            cent = state["memory"]["centroids"]
+            self.memory = self._new_memory(int(cent.shape[1]), int(cent.shape[0]))
             self.memory.load_state_dict(state["memory"])
