@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from unreid.config import PseudoLabelConfig
@@ -47,3 +48,27 @@ def test_cross_camera_labels_merge_matching_clusters():
     for pid in range(2):
         assert len(set(pl.labels[ids == pid])) == 1  # one label per identity, across both cameras
     assert pl.report["per_camera_clusters"] == {0: 2, 1: 2}
+
+
+def test_one_to_one_merge_leaves_an_unmatched_cluster_alone():
+    """Camera 0 sees identities 0, 1, 2; camera 1 only 0 and 1. One-to-one merging keeps identity 2
+    a single-camera cluster; the bilateral assignment forces it onto a camera-1 cluster."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 16))
+    feats, cams, ids = [], [], []
+    for pid, seen_by in ((0, (0, 1)), (1, (0, 1)), (2, (0,))):
+        for cam in seen_by:
+            for _ in range(6):
+                feats.append(centers[pid] + 0.05 * rng.normal(size=16))
+                cams.append(cam)
+                ids.append(pid)
+    f = torch.nn.functional.normalize(torch.tensor(np.array(feats), dtype=torch.float32), dim=1)
+    cfg = PseudoLabelConfig(k1=6, k2=2, eps=0.6, min_samples=2)
+    ids, cams = np.array(ids), np.array(cams)
+    one = cross_camera_labels(f, cams, cfg)
+    assert one.num_clusters == 3
+    assert all(len(set(one.labels[ids == pid])) == 1 for pid in range(3))
+    both = cross_camera_labels(f, cams, cfg, mode="bilateral")
+    assert both.num_clusters == 2
+    with pytest.raises(ValueError, match="unknown matching mode"):
+        cross_camera_labels(f, cams, cfg, mode="greedy")

@@ -29,8 +29,8 @@ def camera_standardize(features: Tensor, camids: np.ndarray | Tensor, eps: float
 
     Returns:
         ``(N, d) float32`` L2-normalised features where each camera's samples have zero mean and
-        unit variance per dimension before the final normalisation. A camera with a single image
-        only gets its mean removed (its standard deviation is undefined).
+        unit variance per dimension before the final normalisation. A camera with a single image has
+        no statistics to remove (its mean is the image itself): its feature is kept, only normalised.
 
     Raises:
         ValueError: ``camids`` length differs from ``features``.
@@ -43,8 +43,7 @@ def camera_standardize(features: Tensor, camids: np.ndarray | Tensor, eps: float
     for c in torch.unique(cams):
         idx = cams == c
         x = f[idx]
-        x = x - x.mean(0, keepdim=True)
         if x.shape[0] > 1:
-            x = x / (x.std(0, keepdim=True) + eps)
+            x = (x - x.mean(0, keepdim=True)) / (x.std(0, keepdim=True) + eps)
         out[idx] = x
     return F.normalize(out, dim=1)

@@ -16,9 +16,10 @@ Bilateral Cross-Modality Cluster Matching"; FranklinLingfeng/MBCCM-master-MM-23 
 modalities (docs/methods/camera_aware.md): each camera is clustered on its own (the usual
 k-reciprocal Jaccard + DBSCAN of ``PseudoLabeler``), so clusters are not split by the camera gap
 within a camera; then the clusters of every camera pair are matched and matched clusters are merged
-(union-find). The merge uses the un-relaxed assignments by default (``relax=False``): the relaxed
-many-to-many matches, fine as soft cross-memory targets in MBCCM, chain into giant components
-when used as hard labels.
+(union-find). The merge uses only the one-to-one Hungarian assignment by default
+(``mode="one_to_one"``): the bilateral (many-to-one) and relaxed (many-to-many) matches, fine as soft
+cross-memory targets in MBCCM, chain through union-find into giant components when used as hard
+labels (on a 3-camera synthetic set the bilateral merge collapsed every cluster into one).
 """
 
 from __future__ import annotations
@@ -88,24 +89,32 @@ def _find(parent: np.ndarray, x: int) -> int:
     return x
 
 
-def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, relax: bool = False) -> PseudoLabels:
+MATCH_MODES = ("one_to_one", "bilateral", "relaxed")
+
+
+def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: str = "one_to_one") -> PseudoLabels:
     """Cluster each camera separately, then merge matched clusters across cameras.
 
     Args:
         features: ``(N, d) float32`` L2-normalised features.
         camids: ``(N,) int`` camera ids.
         cfg: ``PseudoLabelConfig`` used for each camera's clustering.
-        relax: merge with the relaxed (published) many-to-many matches instead of the bare
-            assignments.
+        mode: which matches merge clusters: ``"one_to_one"`` (default; the Hungarian assignment
+            of the camera with fewer clusters, so each cluster merges with at most one cluster of
+            each other camera), ``"bilateral"`` (both un-relaxed assignments of
+            :func:`bilateral_cluster_matching`) or ``"relaxed"`` (the published relaxed matches).
 
     Returns:
         :class:`PseudoLabels`; its report adds ``per_camera_clusters`` and ``matched_pairs``.
 
     Raises:
         NoClustersError: no camera produced a cluster.
+        ValueError: unknown ``mode``.
     """
     from unreid.pseudo_labels import NoClustersError, PseudoLabeler
 
+    if mode not in MATCH_MODES:
+        raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
     feats = torch.as_tensor(features, dtype=torch.float32)
     camids = np.asarray(camids)
     labels = np.full(len(camids), -1, dtype=np.int64)
@@ -133,7 +142,12 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, relax: 
     pairs = 0
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
-            mask = bilateral_cluster_matching(groups[i][2], groups[j][2], relax=relax)
+            if mode == "one_to_one":
+                cost = torch.cdist(groups[i][2].double(), groups[j][2].double()).numpy()
+                mask = np.zeros(cost.shape, dtype=bool)
+                mask[linear_sum_assignment(cost)] = True
+            else:
+                mask = bilateral_cluster_matching(groups[i][2], groups[j][2], relax=mode == "relaxed")
             for r, c in zip(*np.nonzero(mask)):
                 ra, rb = _find(parent, int(groups[i][1][r])), _find(parent, int(groups[j][1][c]))
                 parent[ra] = rb
