@@ -1,0 +1,94 @@
+"""Markdown tables for docs/RESULTS.md from the ``metrics.jsonl`` of finished runs.
+
+Every number comes from the runs' own ``metrics.jsonl`` (written by ``unreid train``); nothing is
+typed by hand. Usage::
+
+    python benchmarks/results_table.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--side-by-side]
+
+prints, per run, one row per epoch (test mAP / Rank-1 / Rank-5 / mINP and the pseudo-label report),
+and with ``--side-by-side`` one table with the mAP / Rank-1 / cross-camera ratio of every run per
+epoch. A run folder written in supervised mode is found under its ``-SUPERVISED`` name as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load_rows(run: Path) -> list[dict]:
+    """The records of ``run/metrics.jsonl`` (``run-SUPERVISED`` when ``run`` does not exist).
+
+    Raises:
+        FileNotFoundError: neither folder holds a ``metrics.jsonl``.
+    """
+    for cand in (run, run.with_name(run.name + "-SUPERVISED")):
+        f = cand / "metrics.jsonl"
+        if f.is_file():
+            return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    raise FileNotFoundError(f"no metrics.jsonl in {run} (nor {run.name}-SUPERVISED): has the run started?")
+
+
+def _f(x, nd=1, scale=1.0):
+    return "–" if x is None else f"{x * scale:.{nd}f}"
+
+
+def per_epoch_table(rows: list[dict]) -> str:
+    head = ("| epoch | mAP | R1 | R5 | mINP | clusters | outliers % | cross-cam % | proxies | NMI | ARI "
+            "| pair P | pair R | epoch s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        t = r.get("test") or {}
+        p = r.get("pseudo_labels") or {}
+        ep = "before" if r["epoch"] < 0 else str(r["epoch"])
+        lines.append("| " + " | ".join([
+            ep, _f(t.get("mAP")), _f(t.get("rank1")), _f(t.get("rank5")), _f(t.get("mINP")),
+            str(p.get("num_clusters", "–")), _f(p.get("outlier_ratio"), 1, 100),
+            _f(p.get("cross_camera_ratio"), 1, 100), str(p.get("num_proxies", "–")),
+            _f(p.get("nmi"), 3), _f(p.get("ari"), 3), _f(p.get("pairwise_precision"), 3),
+            _f(p.get("pairwise_recall"), 3), _f(r.get("time_epoch_s"), 0),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side(runs: dict[str, list[dict]]) -> str:
+    names = list(runs)
+    head = "| epoch | " + " | ".join(f"{n} mAP / R1 / x-cam %" for n in names) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 1)]
+    epochs = sorted({r["epoch"] for rows in runs.values() for r in rows})
+    for e in epochs:
+        cells = []
+        for n in names:
+            r = next((x for x in runs[n] if x["epoch"] == e), None)
+            if r is None:
+                cells.append("–")
+                continue
+            t = r.get("test") or {}
+            p = r.get("pseudo_labels") or {}
+            cells.append(f"{_f(t.get('mAP'))} / {_f(t.get('rank1'))} / {_f(p.get('cross_camera_ratio'), 1, 100)}")
+        lines.append(f"| {'before' if e < 0 else e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
+    ap.add_argument("--side-by-side", action="store_true")
+    args = ap.parse_args(argv)
+    runs = {}
+    for spec in args.runs:
+        if "=" not in spec:
+            ap.error(f"expected NAME=RUN_DIR, got {spec!r}")
+        name, path = spec.split("=", 1)
+        runs[name] = load_rows(Path(path))
+    if args.side_by_side:
+        print(side_by_side(runs))
+        return
+    for name, rows in runs.items():
+        print(f"\n#### {name}\n")
+        print(per_epoch_table(rows))
+
+
+if __name__ == "__main__":
+    main()
