@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 
 DEMO_HELP = (
-    "Train Cluster Contrast on the built-in synthetic set (procedural identities seen by 4 cameras) "
-    "with an ImageNet EfficientNet-Lite0 and print the metrics before and after; a few minutes on 2 CPU cores."
+    "Train camera-aware Cluster Contrast (per-camera standardised neighbourhoods + camera-aware proxies) "
+    "on the built-in synthetic set (procedural identities seen by 4 cameras) with an ImageNet "
+    "EfficientNet-Lite0 and print the metrics before and after; about 4 minutes on 2 CPU cores. "
+    "--plain runs the published Cluster Contrast recipe instead (on this set it loses cross-camera mAP: "
+    "its clusters follow the cameras)."
 )
 
 
@@ -57,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help=DEMO_HELP, description=DEMO_HELP)
     p.add_argument("--output", default="unreid-demo", help="output folder (a fresh one is chosen if it exists)")
+    p.add_argument("--plain", action="store_true", help="plain Cluster Contrast, without the camera-aware parts")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for the demo run")
     return parser
 
@@ -140,10 +144,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(output: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+def demo_config(output: str | Path, overrides: list[str] | tuple[str, ...] = (), camera_aware: bool = True):
     """The demo's config: Cluster Contrast on the synthetic set with an ImageNet EfficientNet-Lite0.
 
-    Sized to finish in a few minutes on 2 CPU cores; see ``unreid demo --help``.
+    Sized to finish in about 4 minutes on 2 CPU cores; see ``unreid demo --help``. With
+    ``camera_aware`` (the default) it adds per-camera standardisation and CAP proxies
+    (docs/methods/camera_aware.md), with the inter-camera loss from epoch 1 of 6. eps 0.45 suits the
+    synthetic set's ImageNet features (at 0.6 DBSCAN merges it into ~12 clusters).
     """
     from unreid.config import load_config
 
@@ -159,10 +166,13 @@ def demo_config(output: str | Path, overrides: list[str] | tuple[str, ...] = ())
         "data.synthetic.num_ids=60", "data.synthetic.num_test_ids=30",
         "data.synthetic.num_cameras=4", "data.synthetic.images_per_id_cam=4",
         "model.backbone=efficientnet_lite0", "model.pretrained=true",
-        "pseudo_labels.eps=0.6", "pseudo_labels.min_samples=4",
+        "pseudo_labels.eps=0.45", "pseudo_labels.min_samples=4",
         "optim.epochs=6", "optim.iters=20", "optim.step_size=20",
         "eval.every=2", "eval.batch_size=128",
     ]
+    if camera_aware:
+        base += ["method.camera.neighbourhood=standardize", "method.camera.proxies=true",
+                 "method.camera.inter_start_epoch=1"]
     return load_config(None, base + list(overrides))
 
 
@@ -175,13 +185,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         while Path(f"{output}-{i}").exists():
             i += 1
         output = Path(f"{output}-{i}")
-    cfg = demo_config(output, args.overrides)
+    cfg = demo_config(output, args.overrides, camera_aware=not args.plain)
     t0 = time.time()
     trainer = Trainer(cfg)
     trainer.train()
     rows = [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
     tests = [(r["epoch"], r["test"]) for r in rows if r.get("test")]
-    print("\nunreid demo: Cluster Contrast, synthetic data, EfficientNet-Lite0 (ImageNet)")
+    kind = "plain Cluster Contrast" if args.plain else "camera-aware Cluster Contrast"
+    print(f"\nunreid demo: {kind}, synthetic data, EfficientNet-Lite0 (ImageNet)")
     print(f"{'epoch':>12} | {'mAP':>6} | {'rank1':>6} | {'rank5':>6} | clusters | ARI (report only)")
     for epoch, m in tests:
         pl = next((r.get("pseudo_labels", {}) for r in rows if r["epoch"] == epoch), {})
