@@ -203,6 +203,50 @@ class Method:
             self.proxy_memory.load_state_dict(state["proxy_memory"])
 
 
+class MemoryMethod(Method):
+    """A method whose loss lives in one memory rebuilt every epoch (Cluster Contrast, HHCL).
+
+    Subclasses set :attr:`memory_shape_key` (the saved tensor whose shape is ``(clusters, d)``) and
+    implement :meth:`_new_memory`; the memory object provides ``update(features, targets)``,
+    ``state_dict()`` and ``load_state_dict(state)``. This class supplies the memory update after the
+    optimizer step and the exact save / restore of the memory in checkpoints.
+    """
+
+    memory: Any = None
+    #: key of the memory's state dict whose tensor has shape ``(num_clusters, num_features)``
+    memory_shape_key = "features"
+
+    def _new_memory(self, num_features: int, num_clusters: int) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def require_memory(self, where: str) -> Any:
+        """The memory; ``RuntimeError`` naming ``where`` when no epoch has built it yet."""
+        if self.memory is None:
+            raise RuntimeError(f"{type(self).__name__}.{where} before refresh()/build_memory(): no memory yet")
+        return self.memory
+
+    @torch.no_grad()
+    def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
+        """The memory's momentum update with the step's (detached) features and pseudo-labels
+        (``outputs["features"]`` ``(B, d)``, ``outputs["targets"]`` ``(B,)``), after ``optimizer.step()``."""
+        self.require_memory("update_memory").update(outputs["features"].detach(), outputs["targets"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state (labels, proxies) plus ``"memory"``: exact copies of the memory's tensors."""
+        state = super().state_dict()
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the memory comes back bit for bit."""
+        super().load_state_dict(state)
+        if state.get("memory") is not None:
+            shape = state["memory"][self.memory_shape_key].shape
+            self.memory = self._new_memory(int(shape[1]), int(shape[0]))
+            self.memory.load_state_dict(state["memory"])
+
+
 METHODS: dict[str, Callable[..., Method]] = {}
 
 

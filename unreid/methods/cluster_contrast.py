@@ -14,18 +14,15 @@ Config: ``method.temperature`` (tau, 0.05), ``method.momentum`` (mu, 0.1), ``met
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
 
 from unreid.memory.cluster import ClusterMemory
-from unreid.methods.base import Method, StepOutput, register_method
+from unreid.methods.base import MemoryMethod, StepOutput, register_method
 from unreid.pseudo_labels.base import PseudoLabels
 
 
 @register_method("cluster_contrast")
-class ClusterContrast(Method):
+class ClusterContrast(MemoryMethod):
     """Cluster Contrast on the shared engine (see module docstring and :class:`Method`)."""
 
     memory: ClusterMemory | None = None
@@ -56,31 +53,8 @@ class ClusterContrast(Method):
             losses ``{"loss", "cluster_nce"}``; outputs ``{"features": (B, d)`` (with their graph, as
             :meth:`Method.step` needs for the optional camera-aware proxy losses), ``"targets": (B,)}``.
         """
-        if self.memory is None:
-            raise RuntimeError("ClusterContrast.training_step before refresh()/build_memory(): no memory yet")
+        memory = self.require_memory("training_step")
         feats = self.model(batch["img"].to(self.device))
         targets = self.batch_targets(batch)
-        loss = self.memory.loss(feats, targets)
+        loss = memory.loss(feats, targets)
         return StepOutput({"loss": loss, "cluster_nce": loss.detach()}, {"features": feats, "targets": targets})
-
-    @torch.no_grad()
-    def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        """Momentum update with the step's (detached) features, after ``optimizer.step()``."""
-        if self.memory is None:
-            raise RuntimeError("ClusterContrast.update_memory before refresh()/build_memory(): no memory yet")
-        self.memory.update(outputs["features"].detach(), outputs["targets"])
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base state (labels, proxies) plus ``"memory"``: the memory rows (exact copy)."""
-        state = super().state_dict()
-        if self.memory is not None:
-            state["memory"] = self.memory.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; the memory comes back bit for bit."""
-        super().load_state_dict(state)
-        if state.get("memory") is not None:
-            rows = state["memory"]["features"]
-            self.memory = self._new_memory(int(rows.shape[1]), int(rows.shape[0]))
-            self.memory.load_state_dict(state["memory"])

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from unreid.memory.hybrid import HybridMemory
-from unreid.methods.base import Method, StepOutput, register_method
+from unreid.methods.base import MemoryMethod, StepOutput, register_method
 from unreid.pseudo_labels.base import PseudoLabels
 
 log = logging.getLogger("unreid")
@@ -34,10 +34,11 @@ def slot_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 @register_method("hhcl")
-class HHCL(Method):
+class HHCL(MemoryMethod):
     """HHCL on the shared engine (see module docstring and :class:`Method`)."""
 
     memory: HybridMemory | None = None
+    memory_shape_key = "centroids"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,30 +77,7 @@ class HHCL(Method):
             losses ``{"loss", "centroid_nce", "hard_nce"}``; outputs ``{"features": (B, d)`` (with their
             graph, as :meth:`Method.step` needs for the optional camera-aware losses), ``"targets": (B,)}``.
         """
-        if self.memory is None:
-            raise RuntimeError("HHCL.training_step before refresh()/build_memory(): no memory yet")
+        memory = self.require_memory("training_step")
         feats = self.model(batch["img"].to(self.device))
         targets = self.batch_targets(batch)
-        return StepOutput(self.memory.losses(feats, targets), {"features": feats, "targets": targets})
-
-    @torch.no_grad()
-    def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        """The variant's memory update with the step's (detached) features, after ``optimizer.step()``."""
-        if self.memory is None:
-            raise RuntimeError("HHCL.update_memory before refresh()/build_memory(): no memory yet")
-        self.memory.update(outputs["features"].detach(), outputs["targets"])
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base state (labels, proxies) plus ``"memory"`` (centroids, hard rows, slots; exact copies)."""
-        state = super().state_dict()
-        if self.memory is not None:
-            state["memory"] = self.memory.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; the memory comes back bit for bit."""
-        super().load_state_dict(state)
-        if state.get("memory") is not None:
-            cent = state["memory"]["centroids"]
-            self.memory = self._new_memory(int(cent.shape[1]), int(cent.shape[0]))
-            self.memory.load_state_dict(state["memory"])
+        return StepOutput(memory.losses(feats, targets), {"features": feats, "targets": targets})
