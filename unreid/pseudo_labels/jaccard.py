@@ -243,13 +243,15 @@ def symmetric_csr(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) 
     Each row's entries are sorted by column.
     """
     off = rows != cols
-    r = np.concatenate([rows, cols[off]])
-    c = np.concatenate([cols, rows[off]])
+    idx_dtype = np.int32 if max(n, len(rows) + int(off.sum())) < 2**31 - 1 else np.int64
+    r = np.concatenate([rows, cols[off]]).astype(idx_dtype, copy=False)
+    c = np.concatenate([cols, rows[off]]).astype(idx_dtype, copy=False)
     d = np.concatenate([vals, vals[off]])
-    order = np.lexsort((c, r))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
-    idx_dtype = np.int32 if max(n, len(r)) < 2**31 - 1 else np.int64
-    return sp.csr_matrix((d[order], c[order].astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n))
+    # scipy's C++ COO -> CSR (each pair is present once, so nothing is summed; explicit zeros stay),
+    # then an in-place per-row column sort: ~10x faster than a global lexsort at 80M entries
+    m = sp.coo_matrix((d, (r, c)), shape=(n, n)).tocsr()
+    m.sort_indices()
+    return m
 
 
 def jaccard_distance(features: Tensor | np.ndarray, k1: int = 30, k2: int = 6, knn_method: str = "exact",
