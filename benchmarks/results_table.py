@@ -35,6 +35,9 @@ def _f(x, nd=1, scale=1.0):
 
 
 def per_epoch_table(rows: list[dict]) -> str:
+    """Markdown table, one row per ``metrics.jsonl`` record: test metrics in % (mAP, Rank-1/5, mINP),
+    the pseudo-label report (ratios in %, NMI / ARI / pairwise precision and recall as fractions) and
+    the epoch's wall time in seconds; "–" where a record has no such entry."""
     head = ("| epoch | mAP | R1 | R5 | mINP | clusters | outliers % | cross-cam % | proxies | NMI | ARI "
             "| pair P | pair R | epoch s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -53,6 +56,8 @@ def per_epoch_table(rows: list[dict]) -> str:
 
 
 def side_by_side(runs: dict[str, list[dict]]) -> str:
+    """Markdown table with one column per run (``name -> records``): ``mAP / Rank-1 / cross-camera
+    cluster ratio`` (all %) for every epoch any run has; "–" where a run lacks that epoch."""
     names = list(runs)
     head = "| epoch | " + " | ".join(f"{n} mAP / R1 / x-cam %" for n in names) + " |"
     lines = [head, "|" + "---|" * (len(names) + 1)]
