@@ -121,6 +121,21 @@ def test_blocks_cover_the_upper_triangle_once():
     assert np.abs(to_dense(full)[rows, cols] - vals).max() == 0
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_blocks_equal_the_single_thread_result(threads):
+    f = clustered(300, 16, 5)
+    idx, sim = knn(f, 20)
+    v = k_reciprocal_encoding(f, idx, sim, 20, 6)
+    one = list(jaccard_upper_blocks(v, max_dist=0.9, max_work=800, max_cells=3000, threads=1))
+    many = list(jaccard_upper_blocks(v, max_dist=0.9, max_work=800, max_cells=3000, threads=threads))
+    assert len(one) == len(many) > 2 * threads  # several blocks in flight at once
+    for a, b in zip(one, many):  # same blocks, same order, bit-identical values
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="threads"):
+        next(jaccard_upper_blocks(v, threads=0))
+
+
 def test_identical_features_give_zero_distances():
     f = F.normalize(torch.ones(12, 5), dim=1)
     d = jaccard_distance(f, 12, 2)  # everyone in everyone's list: every distance is 0

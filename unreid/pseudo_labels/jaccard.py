@@ -24,7 +24,8 @@ The reference keeps two dense ``N x N`` float32 arrays and loops in Python over 
 Here ``V`` is a ``scipy.sparse`` CSR matrix built with vectorised numpy / sparse-matrix operations
 (reciprocity by sorted pair keys, the 2/3 rule by a sparse product), and ``S`` is computed only for
 pairs that share a column: column by column (every pair of rows holding column ``k``), in blocks of
-rows, upper triangle only (``S`` is symmetric), accumulated with ``np.bincount``. Memory is
+rows, upper triangle only (``S`` is symmetric), accumulated with ``np.bincount``; the blocks run on
+``torch.get_num_threads()`` threads. Memory is
 ``O(nnz(V) + block work)`` plus the output.
 
 Numerics: the softmax weights use the inner products of the k-NN search where the pair is in the
@@ -35,7 +36,10 @@ reference's; ``S`` is accumulated in float64. Distances match the reference to 1
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -76,18 +80,21 @@ def _reciprocal(rank: np.ndarray, cols: int) -> sp.csr_matrix:
     return out
 
 
-def _pair_dots(features: Tensor, rows: np.ndarray, cols: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """``(P,) float32`` inner products ``features[rows[p]] . features[cols[p]]`` (chunked gathers)."""
+def _pair_dots(features: Tensor, rows: np.ndarray, cols: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """``(P,) float32`` inner products ``features[rows[p]] . features[cols[p]]``.
+
+    Chunked ``index_select`` gathers and a row-wise product on the features' device (multi-threaded
+    on the CPU). Chunks of ~1,000 pairs keep both gathered blocks in cache: at N = 12,936, d = 2048
+    this is 3.5x faster than numpy fancy-index gathers and 6x faster than chunks of 8,192.
+    """
     out = np.empty(len(rows), dtype=np.float32)
-    if features.device.type == "cpu":
-        fn = features.contiguous().numpy()  # numpy gathers: huge-page temporaries, no torch copies
-        for s in range(0, len(rows), chunk):
-            out[s:s + chunk] = np.einsum("pd,pd->p", fn[rows[s:s + chunk]], fn[cols[s:s + chunk]])
-        return out
+    r_all = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    c_all = torch.from_numpy(np.ascontiguousarray(cols, dtype=np.int64))
     for s in range(0, len(rows), chunk):
-        r = torch.from_numpy(rows[s:s + chunk]).to(features.device)
-        c = torch.from_numpy(cols[s:s + chunk]).to(features.device)
-        out[s:s + chunk] = (features[r] * features[c]).sum(1).cpu().numpy()
+        r = r_all[s:s + chunk].to(features.device)
+        c = c_all[s:s + chunk].to(features.device)
+        prod = (features.index_select(0, r) * features.index_select(0, c)).sum(1)
+        out[s:s + chunk] = prod.cpu().numpy()
     return out
 
 
@@ -151,8 +158,9 @@ def k_reciprocal_encoding(features: Tensor, indices: np.ndarray, similarities: n
     return v
 
 
-def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_work: int = 2_000_000,
-                         max_cells: int = 4_000_000) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_work: int = 500_000,
+                         max_cells: int = 4_000_000, threads: int | None = None,
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Jaccard distances of the pairs ``i <= j`` that share a non-zero column of ``v``, block by block.
 
     For a block of rows, every non-zero ``V_ik`` is paired with the entries ``V_jk, j >= i`` of its
@@ -161,19 +169,31 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
     partner), and the cells that were hit are read back. The cost is the number of terms,
     ``sum_k n_k (n_k + 1) / 2`` for column counts ``n_k`` - the same terms the reference sums.
 
+    The blocks are independent: with ``threads > 1`` they are computed on a thread pool (numpy's
+    gathers, ``np.minimum`` and ``np.bincount`` release the GIL), at most ``threads`` blocks in
+    flight, and still yielded in row order, so the output does not depend on ``threads``.
+
     Args:
         v: ``(N, N)`` encoding from :func:`k_reciprocal_encoding` (rows sum to 1).
         max_dist: keep only distances ``<= max_dist`` (e.g. DBSCAN's eps); ``None`` keeps all.
         max_work: at most this many ``min(V_ik, V_jk)`` terms per block (about 20 bytes each of
-            temporary memory), unless a single row has more.
-        max_cells: at most this many accumulator cells (9 bytes each) per block, unless a single
-            row needs more.
+            temporary memory, per thread), unless a single row has more.
+        max_cells: at most this many accumulator cells (9 bytes each, per thread) per block, unless a
+            single row needs more.
+        threads: blocks computed at once; ``None`` = ``torch.get_num_threads()`` (which follows
+            ``OMP_NUM_THREADS``), ``1`` = in the calling thread.
 
     Yields:
         ``(rows, cols, dist)``: ``int64``, ``int64``, ``float32`` arrays with ``rows <= cols``, the
         diagonal included (its distance is 0 up to float rounding); every pair exactly once over
         all blocks, blocks in row order.
+
+    Raises:
+        ValueError: ``threads < 1``.
     """
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     n = v.shape[0]
     v = v.tocsr()
     v.sort_indices()
@@ -200,15 +220,26 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
     row_work = np.bincount(csr_rows, weights=length, minlength=n).astype(np.int64)
     cum_work = np.concatenate([[0], np.cumsum(row_work)])
     del perm, src, col_end, last
-    mark = np.zeros(max_cells + n, dtype=bool)  # reused: accumulator cells hit
-    r0 = 0
-    while r0 < n:
-        r1 = int(np.searchsorted(cum_work, cum_work[r0] + max_work, side="right")) - 1
-        r1 = max(min(r1, n), r0 + 1)
-        hi = np.maximum.accumulate(row_max[r0:r1])  # band end if the block stopped at each row
-        cells = np.arange(1, r1 - r0 + 1) * (hi - r0 + 1)
-        r1 = r0 + max(1, int(np.searchsorted(cells, max_cells, side="right")))
-        width = int(hi[r1 - r0 - 1] - r0 + 1)
+
+    def plan() -> Iterator[tuple[int, int, int]]:
+        """``(r0, r1, width)`` of every block, in row order (cheap: cumulative sums only)."""
+        r0 = 0
+        while r0 < n:
+            r1 = int(np.searchsorted(cum_work, cum_work[r0] + max_work, side="right")) - 1
+            r1 = max(min(r1, n), r0 + 1)
+            hi = np.maximum.accumulate(row_max[r0:r1])  # band end if the block stopped at each row
+            cells = np.arange(1, r1 - r0 + 1) * (hi - r0 + 1)
+            r1 = r0 + max(1, int(np.searchsorted(cells, max_cells, side="right")))
+            yield r0, r1, int(hi[r1 - r0 - 1] - r0 + 1)
+            r0 = r1
+
+    local = threading.local()
+
+    def block(bounds: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r0, r1, width = bounds
+        mark = getattr(local, "mark", None)
+        if mark is None:
+            mark = local.mark = np.zeros(max_cells + n, dtype=bool)  # per thread, reused: cells hit
         e0, e1 = v.indptr[r0], v.indptr[r1]
         lens = length[e0:e1]
         first = np.cumsum(lens) - lens
@@ -219,8 +250,8 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
         keys = np.repeat((csr_rows[e0:e1] - r0) * width - r0, lens)
         keys += col_rows[q]
         del q
-        s = np.bincount(keys, weights=terms, minlength=(r1 - r0) * width)
         size = (r1 - r0) * width
+        s = np.bincount(keys, weights=terms, minlength=size)
         hit_mask = mark[:size] if size <= len(mark) else np.zeros(size, dtype=bool)  # one huge row
         hit_mask[keys] = True
         del keys, terms
@@ -233,8 +264,20 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
         if max_dist is not None:
             keep = dist <= max_dist
             hit, dist = hit[keep], dist[keep]
-        yield hit // width + r0, hit % width + r0, dist.astype(np.float32)
-        r0 = r1
+        return hit // width + r0, hit % width + r0, dist.astype(np.float32)
+
+    if threads == 1:
+        for bounds in plan():
+            yield block(bounds)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for bounds in plan():
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+            pending.append(pool.submit(block, bounds))
+        while pending:
+            yield pending.popleft().result()
 
 
 def symmetric_csr(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> sp.csr_matrix:
