@@ -72,3 +72,35 @@ def test_one_to_one_merge_leaves_an_unmatched_cluster_alone():
     assert both.num_clusters == 2
     with pytest.raises(ValueError, match="unknown matching mode"):
         cross_camera_labels(f, cams, cfg, mode="greedy")
+
+
+def test_one_to_one_merge_uses_mbccm_squared_cost():
+    """Angles A1-B1 0 deg, A2-B2 100 deg (sum of plain distances 1.53) against A1-B2 and A2-B1 60 deg
+    each (2.0): the plain distance pairs A1-B1, the squared distance (MBCCM's cost: 2.35 vs 2.0)
+    pairs A1-B2 and A2-B1. The merge must follow the squared cost, like bilateral_cluster_matching."""
+    from scipy.optimize import linear_sum_assignment
+
+    from unreid.pseudo_labels.matching import centroid_cost
+
+    e = np.eye(16)
+    c60, s60 = np.cos(np.pi / 3), np.sin(np.pi / 3)
+    cos_phi = (np.cos(np.deg2rad(100)) - c60**2) / s60**2
+    a1, b1 = e[0], e[0]
+    b2 = c60 * e[0] + s60 * e[1]
+    a2 = c60 * e[0] + s60 * (cos_phi * e[1] + np.sqrt(1 - cos_phi**2) * e[2])
+    cost = centroid_cost(torch.tensor(np.stack([a1, a2])), torch.tensor(np.stack([b1, b2])))
+    np.testing.assert_allclose(cost, [[0.0, 1.0], [1.0, 2 - 2 * np.cos(np.deg2rad(100))]], atol=1e-12)
+    assert linear_sum_assignment(np.sqrt(cost))[1].tolist() == [0, 1]  # the plain distance would pair A1-B1
+    rng = np.random.default_rng(2)
+    feats, cams, which = [], [], []
+    for name, centre, cam in (("a1", a1, 0), ("a2", a2, 0), ("b1", b1, 1), ("b2", b2, 1)):
+        for _ in range(6):
+            feats.append(centre + 0.01 * rng.normal(size=16))
+            cams.append(cam)
+            which.append(name)
+    f = torch.nn.functional.normalize(torch.tensor(np.array(feats), dtype=torch.float32), dim=1)
+    pl = cross_camera_labels(f, np.array(cams), PseudoLabelConfig(k1=6, k2=2, eps=0.6, min_samples=2))
+    which = np.array(which)
+    label = {name: set(pl.labels[which == name].tolist()) for name in ("a1", "a2", "b1", "b2")}
+    assert all(len(v) == 1 for v in label.values()) and pl.num_clusters == 2
+    assert label["a1"] == label["b2"] and label["a2"] == label["b1"]

@@ -43,6 +43,18 @@ def _assignments(cost: np.ndarray) -> tuple[list[tuple[int, int]], list[tuple[in
     return first, second
 
 
+def centroid_cost(centroids_a: torch.Tensor, centroids_b: torch.Tensor) -> np.ndarray:
+    """``(A, B) float64`` squared Euclidean distances of the L2-normalised centroids (MBCCM's cost).
+
+    ``mbccm_matching`` computes ``pairwise_distance`` (the squared distance) of normalised cluster
+    features; both :func:`bilateral_cluster_matching` and the one-to-one merge of
+    :func:`cross_camera_labels` use this one cost, so their assignments agree.
+    """
+    a = F.normalize(torch.as_tensor(centroids_a, dtype=torch.float64), dim=1)
+    b = F.normalize(torch.as_tensor(centroids_b, dtype=torch.float64), dim=1)
+    return torch.cdist(a, b).pow(2).numpy()
+
+
 def bilateral_cluster_matching(centroids_a: torch.Tensor, centroids_b: torch.Tensor,
                                relax: bool = True) -> np.ndarray:
     """MBCCM's many-to-many matching between two sets of cluster centroids.
@@ -61,9 +73,7 @@ def bilateral_cluster_matching(centroids_a: torch.Tensor, centroids_b: torch.Ten
     """
     if len(centroids_a) == 0 or len(centroids_b) == 0:
         raise ValueError(f"cannot match {len(centroids_a)} clusters with {len(centroids_b)} clusters")
-    a = F.normalize(torch.as_tensor(centroids_a, dtype=torch.float64), dim=1)
-    b = F.normalize(torch.as_tensor(centroids_b, dtype=torch.float64), dim=1)
-    cost = torch.cdist(a, b).pow(2).numpy()  # squared Euclidean, as mbccm_matching's pairwise_distance
+    cost = centroid_cost(centroids_a, centroids_b)
     transposed = cost.shape[0] > cost.shape[1]
     if transposed:
         cost = cost.T
@@ -100,8 +110,8 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
         camids: ``(N,) int`` camera ids.
         cfg: ``PseudoLabelConfig`` used for each camera's clustering.
         mode: which matches merge clusters: ``"one_to_one"`` (default; the Hungarian assignment
-            of the camera with fewer clusters, so each cluster merges with at most one cluster of
-            each other camera), ``"bilateral"`` (both un-relaxed assignments of
+            of the camera with fewer clusters on :func:`centroid_cost`, MBCCM's squared distance,
+            so each cluster merges with at most one cluster of each other camera), ``"bilateral"`` (both un-relaxed assignments of
             :func:`bilateral_cluster_matching`) or ``"relaxed"`` (the published relaxed matches).
 
     Returns:
@@ -143,9 +153,8 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
             if mode == "one_to_one":
-                cost = torch.cdist(groups[i][2].double(), groups[j][2].double()).numpy()
-                mask = np.zeros(cost.shape, dtype=bool)
-                mask[linear_sum_assignment(cost)] = True
+                mask = np.zeros((len(groups[i][1]), len(groups[j][1])), dtype=bool)
+                mask[linear_sum_assignment(centroid_cost(groups[i][2], groups[j][2]))] = True
             else:
                 mask = bilateral_cluster_matching(groups[i][2], groups[j][2], relax=mode == "relaxed")
             for r, c in zip(*np.nonzero(mask)):
