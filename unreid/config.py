@@ -132,7 +132,12 @@ class CameraConfig:
     method_loss_weight: float = 1.0  #: weight of the method's own loss (e.g. ClusterNCE) beside the proxy losses
     #: camera-aware neighbourhoods for pseudo-labelling: "none" | "standardize" (per-camera feature
     #: standardisation before the k-reciprocal step, after camera-based BN, Zhuang et al. ECCV 2020)
+    #: | "ca_jaccard" (camera-aware k-reciprocal neighbours and query expansion, Chen et al. CVPR 2024)
     neighbourhood: str = "none"
+    ca_k1_intra: int = 5  #: CA-Jaccard train_caj.py --k1-intra 5 (intra-camera k-reciprocal size)
+    ca_k1_inter: int = 20  #: CA-Jaccard --k1-inter 20 (inter-camera k-reciprocal size)
+    ca_k2_intra: int = 3  #: CA-Jaccard --k2-intra 3 (intra-camera query expansion)
+    ca_k2_inter: int = 3  #: CA-Jaccard --k2-inter 3 (inter-camera query expansion)
     #: cluster each camera separately, then merge clusters across cameras by bilateral cluster matching
     #: (MBCCM's matching applied to cameras; our own application)
     matching: bool = False
@@ -207,7 +212,7 @@ _CHOICES = {
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
-    "method.camera.neighbourhood": {"none", "standardize"},
+    "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},
     "optim.optimizer": {"adam", "sgd"},
     "eval.protocol": {"market", "veri", "regdb", "sysu"},
     "eval.select": {"last", "val"},
@@ -259,6 +264,17 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"method.momentum must be in [0, 1), got {m.momentum}")
     if not 0.0 <= m.hhcl.hard_weight <= 1.0:
         raise ConfigError(f"method.hhcl.hard_weight must be in [0, 1], got {m.hhcl.hard_weight}")
+    c = m.camera
+    if c.neighbourhood == "ca_jaccard":
+        if c.matching:
+            raise ConfigError("method.camera.neighbourhood=ca_jaccard needs every camera in one clustering; "
+                              "it cannot be combined with method.camera.matching=true (per-camera clustering)")
+        if p.cluster != "dbscan":
+            raise ConfigError("method.camera.neighbourhood=ca_jaccard feeds DBSCAN: set pseudo_labels.cluster=dbscan")
+        if c.ca_k1_intra < 1 or c.ca_k1_inter < 0 or c.ca_k2_intra < 1 or c.ca_k2_inter < 0:
+            raise ConfigError(
+                f"method.camera: need ca_k1_intra >= 1, ca_k1_inter >= 0, ca_k2_intra >= 1, ca_k2_inter >= 0 "
+                f"(got {c.ca_k1_intra}, {c.ca_k1_inter}, {c.ca_k2_intra}, {c.ca_k2_inter})")
     o = cfg.optim
     if o.lr <= 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
         raise ConfigError(

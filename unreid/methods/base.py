@@ -89,6 +89,11 @@ class Method:
             from unreid.pseudo_labels.camera import camera_standardize
 
             features = camera_standardize(features, self.camids)
+        if cam.neighbourhood == "ca_jaccard":
+            from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
+
+            return CameraAwareJaccardLabeler(self.cfg.pseudo_labels, cam.ca_k1_intra, cam.ca_k1_inter,
+                                             cam.ca_k2_intra, cam.ca_k2_inter).fit(features, camids=self.camids)
         if cam.matching:
             from unreid.pseudo_labels.matching import cross_camera_labels
 

@@ -17,6 +17,7 @@ import logging
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
@@ -187,11 +188,10 @@ class PseudoLabeler:
             ``cfg.rho`` is set (computed exactly over all pairs while streaming).
         """
         from unreid.pseudo_labels.cluster import SmallestPairs
-        from unreid.pseudo_labels.jaccard import jaccard_upper_blocks, k_reciprocal_encoding
+        from unreid.pseudo_labels.jaccard import jaccard_upper_blocks
 
         cfg, n = self.cfg, f.shape[0]
-        k1 = neighbours[0].shape[1]
-        v = k_reciprocal_encoding(f, neighbours[0], neighbours[1], k1, cfg.k2)
+        v = self.encoding(f, neighbours)
         if cfg.rho is not None:
             keeper = SmallestPairs(n, cfg.rho)
             for block in jaccard_upper_blocks(v):
@@ -201,6 +201,17 @@ class PseudoLabeler:
         parts = list(jaccard_upper_blocks(v, max_dist=cfg.eps))
         rows, cols, dist = (np.concatenate([p[i] for p in parts]) for i in range(3))
         return (rows, cols, dist), cfg.eps
+
+    def encoding(self, f: torch.Tensor, neighbours: tuple[np.ndarray, np.ndarray]) -> sp.csr_matrix:
+        """Stage 2a: the sparse k-reciprocal encoding ``V`` ``(N, N)`` (query expansion included).
+
+        ``k1`` = the neighbour lists' width (``min(cfg.k1, N)``), ``k2`` = ``cfg.k2``; see
+        :func:`unreid.pseudo_labels.jaccard.k_reciprocal_encoding`. Subclasses with another encoding
+        (e.g. :class:`unreid.pseudo_labels.ca_jaccard.CameraAwareJaccardLabeler`) override this.
+        """
+        from unreid.pseudo_labels.jaccard import k_reciprocal_encoding
+
+        return k_reciprocal_encoding(f, neighbours[0], neighbours[1], neighbours[0].shape[1], self.cfg.k2)
 
     def dbscan(self, n: int, graph: tuple[np.ndarray, np.ndarray, np.ndarray], eps: float) -> np.ndarray:
         """Stage 3: DBSCAN labels ``(N,) int64`` (-1 = noise) of the pairs from :meth:`jaccard_graph`."""
