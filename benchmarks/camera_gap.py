@@ -1,12 +1,13 @@
 """How wide is the camera gap of a data set? Epoch-0 pseudo-labels of each camera-aware variant.
 
 Extracts the training features of the config's (ImageNet-initialised) model once, then builds
-pseudo-labels four ways and prints the quality report of each:
+pseudo-labels five ways and prints the quality report of each:
 
 * ``plain``: the published k-reciprocal Jaccard + DBSCAN;
 * ``standardize``: per-camera feature standardisation first (``method.camera.neighbourhood``);
 * ``matching``: per-camera clustering + one-to-one cross-camera merging (``method.camera.matching``);
-* ``standardize+matching``: both.
+* ``standardize+matching``: both;
+* ``ca_jaccard``: the camera-aware Jaccard distance (``method.camera.neighbourhood=ca_jaccard``).
 
 Ground-truth identities, when the data set has them, are used for the report only (NMI, ARI,
 pairwise precision / recall), never to make the labels. Usage::
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from unreid.engine.trainer import extract, load_data, resolve_device
     from unreid.models import build_model
     from unreid.pseudo_labels import NoClustersError, PseudoLabeler
+    from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
     from unreid.pseudo_labels.camera import camera_standardize
     from unreid.pseudo_labels.matching import cross_camera_labels
     from unreid.pseudo_labels.quality import cluster_report
@@ -46,12 +48,14 @@ def main(argv: list[str] | None = None) -> None:
     cams = np.array([s.camid for s in data.train])
     gt = np.array([s.pid for s in data.train])
     gt = gt if (gt >= 0).all() else None
-    pc = cfg.pseudo_labels
+    pc, cam = cfg.pseudo_labels, cfg.method.camera
     variants = {
         "plain": lambda: PseudoLabeler(pc).fit(feats, camids=cams),
         "standardize": lambda: PseudoLabeler(pc).fit(camera_standardize(feats, cams), camids=cams),
         "matching": lambda: cross_camera_labels(feats, cams, pc),
         "standardize+matching": lambda: cross_camera_labels(camera_standardize(feats, cams), cams, pc),
+        "ca_jaccard": lambda: CameraAwareJaccardLabeler(pc, cam.ca_k1_intra, cam.ca_k1_inter, cam.ca_k2_intra,
+                                                        cam.ca_k2_inter).fit(feats, camids=cams),
     }
     keys = ("num_clusters", "outlier_ratio", "cross_camera_ratio", "nmi", "ari", "pairwise_precision",
             "pairwise_recall")
