@@ -74,10 +74,11 @@ def test_cross_camera_matching_run_merges_clusters_across_cameras(synthetic_root
     assert pl["cross_camera_ratio"] > 0.5  # every per-camera cluster has a partner in each other camera
 
 
-def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path):
+@pytest.mark.parametrize("neighbourhood", ["standardize", "ca_jaccard"])
+def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path, neighbourhood):
     """Camera ids may steer camera-aware training; identities may not: scrambling them changes nothing."""
     base = load_config(None, tiny_overrides(synthetic_root, tmp_path / "x", **{
-        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE}))
+        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, "method.camera.neighbourhood": neighbourhood}))
     data = load_data(base)
     a, ra = _run(dataclasses.replace(base, output_dir=str(tmp_path / "true")), data)
     b, rb = _run(dataclasses.replace(base, output_dir=str(tmp_path / "scrambled")), _scrambled(data))
