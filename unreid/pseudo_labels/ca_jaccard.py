@@ -63,7 +63,7 @@ def _topk_rect(q: Tensor, db: Tensor, k: int, block: int = 4096) -> tuple[np.nda
 
 
 def camera_rank_lists(features: Tensor, camids: np.ndarray, k_intra: int, k_inter: int,
-                      block: int = 4096) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                      block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """The intra- and inter-camera ranking lists of step 1, truncated to ``k_intra`` / ``k_inter``.
 
     Args:
@@ -99,16 +99,6 @@ def camera_rank_lists(features: Tensor, camids: np.ndarray, k_intra: int, k_inte
     return intra, inter
 
 
-def _reciprocal_lists(table: np.ndarray) -> sp.csr_matrix:
-    """``(N, N)`` 0/1 CSR of ``j`` in row ``i`` of ``table`` and ``i`` in row ``j`` (``-1`` ignored)."""
-    n = table.shape[0]
-    rows = np.repeat(np.arange(n, dtype=np.int64), table.shape[1])
-    cols = table.ravel()
-    ok = cols >= 0
-    a = sp.csr_matrix((np.ones(int(ok.sum()), np.float32), (rows[ok], cols[ok])), shape=(n, n))
-    return a.multiply(a.T.tocsr()).tocsr()
-
-
 def ca_jaccard_encoding(features: Tensor | np.ndarray, camids: np.ndarray, k1_intra: int = 5, k1_inter: int = 20,
                         k2_intra: int = 3, k2_inter: int = 3, block: int = 4096) -> sp.csr_matrix:
     """The CA-Jaccard encoding ``V`` after CLQE (steps 1-4 of the module doc).
@@ -126,7 +116,7 @@ def ca_jaccard_encoding(features: Tensor | np.ndarray, camids: np.ndarray, k1_in
     Raises:
         ValueError: sizes out of range, ``camids`` of the wrong length, or a single camera.
     """
-    from unreid.pseudo_labels.jaccard import _pair_dots
+    from unreid.pseudo_labels.jaccard import _pair_dots, _reciprocal
 
     f = torch.as_tensor(features).float()
     cams = np.asarray(camids)
@@ -140,7 +130,7 @@ def ca_jaccard_encoding(features: Tensor | np.ndarray, camids: np.ndarray, k1_in
         raise ValueError(f"need k1_intra >= 1, k1_inter >= 0, k2_intra >= 1, k2_inter >= 0; got "
                          f"{k1_intra}, {k1_inter}, {k2_intra}, {k2_inter}")
     intra, inter = camera_rank_lists(f, cams, max(k1_intra + 1, k2_intra), max(k1_inter + 1, k2_inter), block)
-    r = (_reciprocal_lists(intra[:, :k1_intra + 1]) + _reciprocal_lists(inter[:, :k1_inter + 1])).tocsr()
+    r = (_reciprocal(intra, k1_intra + 1) + _reciprocal(inter, k1_inter + 1)).tocsr()
     r.sort_indices()  # intra and inter sets are disjoint (different cameras): no entry summed twice
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(r.indptr))
     dots = _pair_dots(f, rows, r.indices.astype(np.int64))
@@ -193,4 +183,5 @@ class CameraAwareJaccardLabeler(PseudoLabeler):
         return np.zeros((f.shape[0], 0), np.int64), np.zeros((f.shape[0], 0), np.float32)
 
     def encoding(self, f: Tensor, neighbours: tuple[np.ndarray, np.ndarray]) -> sp.csr_matrix:
+        """The ``(N, N)`` CA-Jaccard encoding of :func:`ca_jaccard_encoding` (``neighbours`` unused)."""
         return ca_jaccard_encoding(f, self._camids, *self.sizes, block=self.cfg.knn_block)

@@ -69,12 +69,17 @@ def _lookup(sorted_keys: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.n
 def _reciprocal(rank: np.ndarray, cols: int) -> sp.csr_matrix:
     """``R(i, .)`` as a boolean CSR: ``j`` in the first ``cols`` columns of row ``i`` and vice versa.
 
-    ``A`` = the neighbour table as a sparse 0/1 matrix; ``R = A * A^T`` elementwise.
+    ``A`` = the neighbour table as a sparse 0/1 matrix; ``R = A * A^T`` elementwise. Entries ``-1``
+    (padding of shorter lists, e.g. CA-Jaccard's small cameras) are left out.
     """
     n = rank.shape[0]
     r = np.sort(rank[:, :cols], axis=1)  # sorted rows: a canonical CSR without a sort pass
-    a = sp.csr_matrix((np.ones(r.size, dtype=np.float32), r.ravel(), np.arange(0, r.size + 1, cols)),
-                      shape=(n, n))
+    if (r < 0).any():
+        rows = np.repeat(np.arange(n, dtype=np.int64), r.shape[1])[r.ravel() >= 0]
+        a = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, r[r >= 0])), shape=(n, n))
+    else:
+        a = sp.csr_matrix((np.ones(r.size, dtype=np.float32), r.ravel(), np.arange(0, r.size + 1, cols)),
+                          shape=(n, n))
     out = a.multiply(a.T.tocsr()).tocsr()
     out.sort_indices()
     return out
@@ -84,8 +89,9 @@ def _pair_dots(features: Tensor, rows: np.ndarray, cols: np.ndarray, chunk: int 
     """``(P,) float32`` inner products ``features[rows[p]] . features[cols[p]]``.
 
     Chunked ``index_select`` gathers and a row-wise product on the features' device (multi-threaded
-    on the CPU). Chunks of ~1,000 pairs keep both gathered blocks in cache: at N = 12,936, d = 2048
-    this is 3.5x faster than numpy fancy-index gathers and 6x faster than chunks of 8,192.
+    on the CPU). Chunks of ~1,000 pairs keep both gathered blocks in cache: for 600,000 random pairs
+    of N = 12,936, d = 2048 features on 2 cores, 1.2 s against 4.4 s for numpy fancy-index gathers
+    and 7.5 s for chunks of 8,192 (measured once while writing this).
     """
     out = np.empty(len(rows), dtype=np.float32)
     r_all = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))

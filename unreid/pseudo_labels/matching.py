@@ -111,8 +111,9 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
         cfg: ``PseudoLabelConfig`` used for each camera's clustering.
         mode: which matches merge clusters: ``"one_to_one"`` (default; the Hungarian assignment
             of the camera with fewer clusters on :func:`centroid_cost`, MBCCM's squared distance,
-            so each cluster merges with at most one cluster of each other camera), ``"bilateral"`` (both un-relaxed assignments of
-            :func:`bilateral_cluster_matching`) or ``"relaxed"`` (the published relaxed matches).
+            so each cluster merges with at most one cluster of each other camera), ``"bilateral"``
+            (both un-relaxed assignments of :func:`bilateral_cluster_matching`) or ``"relaxed"``
+            (the published relaxed matches).
 
     Returns:
         :class:`PseudoLabels`; its report adds ``per_camera_clusters`` and ``matched_pairs``.
