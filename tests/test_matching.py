@@ -104,3 +104,30 @@ def test_one_to_one_merge_uses_mbccm_squared_cost():
     label = {name: set(pl.labels[which == name].tolist()) for name in ("a1", "a2", "b1", "b2")}
     assert all(len(v) == 1 for v in label.values()) and pl.num_clusters == 2
     assert label["a1"] == label["b2"] and label["a2"] == label["b1"]
+
+
+def test_cross_camera_labels_report_each_cameras_rho_eps():
+    """With rho-adaptive eps every camera clusters with the eps of its own distances (GCL's rule applied
+    per camera); the report gives each, and no single eps that would be wrong for one camera."""
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 16))
+    feats, cams = [], []
+    for cam, noise in ((0, 0.05), (1, 0.4)):  # camera 1 is far noisier: a larger adaptive eps
+        for pid in range(4):
+            for _ in range(6):
+                feats.append(centers[pid] + noise * rng.normal(size=16))
+                cams.append(cam)
+    f = torch.nn.functional.normalize(torch.tensor(np.array(feats), dtype=torch.float32), dim=1)
+    cams = np.array(cams)
+    cfg = PseudoLabelConfig(k1=6, k2=2, eps=0.6, min_samples=2, rho=0.1)
+    pl = cross_camera_labels(f, cams, cfg)
+    assert pl.eps is None
+    eps = pl.report["per_camera_eps"]
+    assert set(eps) == {0, 1}
+    from unreid.pseudo_labels import PseudoLabeler
+
+    for cam in (0, 1):  # each is what that camera alone gets
+        assert eps[cam] == pytest.approx(PseudoLabeler(cfg).fit(f[cams == cam]).eps)
+    assert eps[0] != pytest.approx(eps[1])
+    fixed = cross_camera_labels(f, cams, PseudoLabelConfig(k1=6, k2=2, eps=0.6, min_samples=2))
+    assert fixed.eps == 0.6 and fixed.report["per_camera_eps"] == {0: 0.6, 1: 0.6}

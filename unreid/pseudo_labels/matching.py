@@ -108,7 +108,8 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
     Args:
         features: ``(N, d) float32`` L2-normalised features.
         camids: ``(N,) int`` camera ids.
-        cfg: ``PseudoLabelConfig`` used for each camera's clustering.
+        cfg: ``PseudoLabelConfig`` used for each camera's clustering (with ``rho`` set, each camera
+            gets its own rho-adaptive eps from its own distances).
         mode: which matches merge clusters: ``"one_to_one"`` (default; the Hungarian assignment
             of the camera with fewer clusters on :func:`centroid_cost`, MBCCM's squared distance,
             so each cluster merges with at most one cluster of each other camera), ``"bilateral"``
@@ -116,7 +117,9 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
             (the published relaxed matches).
 
     Returns:
-        :class:`PseudoLabels`; its report adds ``per_camera_clusters`` and ``matched_pairs``.
+        :class:`PseudoLabels`; its report adds ``per_camera_clusters``, ``matched_pairs`` and
+        ``per_camera_eps`` (camera -> the DBSCAN eps used); ``eps`` is the config's, or ``None`` with
+        rho-adaptive eps (the cameras' values differ).
 
     Raises:
         NoClustersError: no camera produced a cluster.
@@ -129,7 +132,7 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
     feats = torch.as_tensor(features, dtype=torch.float32)
     camids = np.asarray(camids)
     labels = np.full(len(camids), -1, dtype=np.int64)
-    offset, per_cam, groups = 0, {}, []  # groups: (camera, global cluster ids, centroids)
+    offset, per_cam, per_cam_eps, groups = 0, {}, {}, []  # groups: (camera, global cluster ids, centroids)
     for c in np.unique(camids):
         idx = np.flatnonzero(camids == c)
         if len(idx) < 2:
@@ -145,6 +148,7 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
             0, torch.as_tensor(pl.labels[keep]), feats[idx[keep]])
         groups.append((int(c), np.arange(offset, offset + pl.num_clusters), F.normalize(sums, dim=1)))
         per_cam[int(c)] = pl.num_clusters
+        per_cam_eps[int(c)] = pl.eps
         offset += pl.num_clusters
     if offset == 0:
         raise NoClustersError(f"no camera produced a cluster (N={len(camids)}, eps={cfg.eps}, "
@@ -167,5 +171,6 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
     out = labels.copy()
     out[labels >= 0] = merged[labels[labels >= 0]]
     num = int(merged.max()) + 1
-    return PseudoLabels(out, num, report={"per_camera_clusters": per_cam, "matched_pairs": pairs},
-                        eps=cfg.eps, source="clustering")
+    # With rho-adaptive eps every camera gets its own eps: report them, and no single eps.
+    report = {"per_camera_clusters": per_cam, "matched_pairs": pairs, "per_camera_eps": per_cam_eps}
+    return PseudoLabels(out, num, report=report, eps=cfg.eps if cfg.rho is None else None, source="clustering")
