@@ -28,27 +28,26 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 
-def camera_clusters(feats: torch.Tensor, pids: np.ndarray, cfg) -> dict:
-    """Cluster one camera's ``(n, d)`` features; majority identity, size, purity and centroid per cluster."""
-    from unreid.pseudo_labels import PseudoLabeler
+def cluster_identities(labels: np.ndarray, pids: np.ndarray) -> dict[str, np.ndarray]:
+    """Majority identity, size and majority count of each cluster of one camera (ground truth: report only).
 
-    pl = PseudoLabeler(cfg).fit(feats)
-    out = {"majority": [], "size": [], "hits": [], "centroids": [], "eps": pl.eps}
-    for k in range(pl.num_clusters):
-        members = np.flatnonzero(pl.labels == k)
-        ids, counts = np.unique(pids[members], return_counts=True)
+    Args:
+        labels: ``(n,) int`` cluster ids, ``-1`` outliers.
+        pids: ``(n,) int`` true identities of the same images.
+    """
+    out = {"majority": [], "size": [], "hits": []}
+    for k in range(int(labels.max()) + 1):
+        ids, counts = np.unique(pids[labels == k], return_counts=True)
         out["majority"].append(ids[counts.argmax()])
-        out["size"].append(len(members))
-        out["hits"].append(counts.max())
-        out["centroids"].append(feats[members].sum(0))
-    out["centroids"] = F.normalize(torch.stack(out["centroids"]), dim=1)
-    return {k: (np.array(v) if isinstance(v, list) else v) for k, v in out.items()}
+        out["size"].append(int(counts.sum()))
+        out["hits"].append(int(counts.max()))
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     from unreid.config import PseudoLabelConfig
     from unreid.pseudo_labels.camera import camera_standardize
-    from unreid.pseudo_labels.matching import centroid_cost
+    from unreid.pseudo_labels.matching import centroid_cost, cluster_each_camera
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("features", help=".npz written by `unreid extract --split train` (features, pids, camids)")
@@ -63,8 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     cameras = np.unique(cams)
     if len(cameras) != 2:
         raise SystemExit(f"{args.features}: this report is for two cameras, found {len(cameras)}")
-    cfg = PseudoLabelConfig(rho=args.rho)
-    a, b = (camera_clusters(feats[cams == c], pids[cams == c], cfg) for c in cameras)
+    per_camera = cluster_each_camera(feats, cams, PseudoLabelConfig(rho=args.rho))
+    for c in cameras:
+        if per_camera.get(int(c), (None, None))[1] is None:
+            raise SystemExit(f"{args.features}: camera {c} formed no cluster; nothing to match")
+    a, b = ({**cluster_identities(pl.labels, pids[idx]), "centroids": centroids, "eps": pl.eps}
+            for idx, pl, centroids in (per_camera[int(c)] for c in cameras))
     rows, cols = linear_sum_assignment(centroid_cost(a["centroids"], b["centroids"]))
     sim = (a["centroids"] @ b["centroids"].T).numpy()
     ab, ba = sim.argmax(1), sim.argmax(0)

@@ -99,6 +99,42 @@ def _find(parent: np.ndarray, x: int) -> int:
     return x
 
 
+def cluster_each_camera(features: torch.Tensor, camids: np.ndarray,
+                        cfg) -> dict[int, tuple[np.ndarray, PseudoLabels | None, torch.Tensor | None]]:
+    """Cluster each camera's images on their own (``PseudoLabeler``: k-reciprocal Jaccard + DBSCAN).
+
+    Args:
+        features: ``(N, d) float32`` L2-normalised features.
+        camids: ``(N,) int`` camera ids.
+        cfg: ``PseudoLabelConfig`` (with ``rho`` set, each camera gets its own rho-adaptive eps).
+
+    Returns:
+        camera id -> ``(idx, labels, centroids)``: ``idx`` the ``(n_c,) int64`` rows of that camera,
+        ``labels`` its :class:`PseudoLabels` (cluster ids local to the camera) and ``centroids`` the
+        ``(K_c, d) float32`` L2-normalised cluster centroids; ``labels`` and ``centroids`` are
+        ``None`` where no cluster formed. Cameras with fewer than two images are left out.
+    """
+    from unreid.pseudo_labels import NoClustersError, PseudoLabeler
+
+    feats = torch.as_tensor(features, dtype=torch.float32)
+    camids = np.asarray(camids)
+    out = {}
+    for c in np.unique(camids):
+        idx = np.flatnonzero(camids == c)
+        if len(idx) < 2:
+            continue
+        try:
+            pl = PseudoLabeler(cfg).fit(feats[idx], camids=camids[idx])
+        except NoClustersError:
+            out[int(c)] = (idx, None, None)
+            continue
+        keep = pl.labels >= 0
+        sums = torch.zeros(pl.num_clusters, feats.shape[1]).index_add_(
+            0, torch.as_tensor(pl.labels[keep]), feats[idx[keep]])
+        out[int(c)] = (idx, pl, F.normalize(sums, dim=1))
+    return out
+
+
 MATCH_MODES = ("one_to_one", "bilateral", "relaxed")
 
 
@@ -125,30 +161,22 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
         NoClustersError: no camera produced a cluster.
         ValueError: unknown ``mode``.
     """
-    from unreid.pseudo_labels import NoClustersError, PseudoLabeler
+    from unreid.pseudo_labels import NoClustersError
 
     if mode not in MATCH_MODES:
         raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
-    feats = torch.as_tensor(features, dtype=torch.float32)
     camids = np.asarray(camids)
     labels = np.full(len(camids), -1, dtype=np.int64)
     offset, per_cam, per_cam_eps, groups = 0, {}, {}, []  # groups: (camera, global cluster ids, centroids)
-    for c in np.unique(camids):
-        idx = np.flatnonzero(camids == c)
-        if len(idx) < 2:
-            continue
-        try:
-            pl = PseudoLabeler(cfg).fit(feats[idx], camids=camids[idx])
-        except NoClustersError:
-            per_cam[int(c)] = 0
+    for c, (idx, pl, centroids) in cluster_each_camera(features, camids, cfg).items():
+        if pl is None:
+            per_cam[c] = 0
             continue
         keep = pl.labels >= 0
         labels[idx[keep]] = pl.labels[keep] + offset
-        sums = torch.zeros(pl.num_clusters, feats.shape[1]).index_add_(
-            0, torch.as_tensor(pl.labels[keep]), feats[idx[keep]])
-        groups.append((int(c), np.arange(offset, offset + pl.num_clusters), F.normalize(sums, dim=1)))
-        per_cam[int(c)] = pl.num_clusters
-        per_cam_eps[int(c)] = pl.eps
+        groups.append((c, np.arange(offset, offset + pl.num_clusters), centroids))
+        per_cam[c] = pl.num_clusters
+        per_cam_eps[c] = pl.eps
         offset += pl.num_clusters
     if offset == 0:
         raise NoClustersError(f"no camera produced a cluster (N={len(camids)}, eps={cfg.eps}, "
