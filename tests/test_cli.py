@@ -31,3 +31,20 @@ def test_bad_config_value_is_one_line_error(tmp_path, capsys):
                f"output_dir={tmp_path / 'r'}"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "pseudo_labels.knn" in err and "Traceback" not in err
+
+
+def test_overrides_may_follow_the_options(tmp_path, capsys, monkeypatch):
+    import unreid.cli as cli
+
+    seen = {}
+    monkeypatch.setitem(cli.COMMANDS, "eval", lambda a: seen.update(vars(a)) or 0)
+    assert main(["eval", "c.yaml", "model.pretrained=false", "--checkpoint", "x.pth", "--json",
+                 "model.camera_bn=true"]) == 0
+    assert seen["overrides"] == ["model.pretrained=false", "model.camera_bn=true"] and seen["checkpoint"] == "x.pth"
+    try:
+        main(["eval", "c.yaml", "--checkpoint", "x.pth", "--bogus"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("an unknown option must be refused")
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

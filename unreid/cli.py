@@ -216,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     """
     from unreid.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may also come after the options (``eval CONFIG --checkpoint X key=value``),
+    # which argparse alone does not accept for a positional list behind a sub-command
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all("=" in t and not t.startswith("-") for t in rest):
+        args.overrides = list(args.overrides or []) + rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:

@@ -72,6 +72,11 @@ class ModelConfig:
     bnneck: bool = True  #: BatchNorm neck after pooling (CC ``feat_bn``); its output is the feature
     embedding_dim: int = 0  #: 0 = no linear embedding (CC ``num_features=0``)
     dropout: float = 0.0
+    #: camera-based BN (Zhuang et al., ECCV 2020): every BN layer normalises each camera with its own
+    #: statistics, in training and when embedding (unreid/models/camera_bn.py)
+    camera_bn: bool = False
+    #: camera BN: images per camera its statistics are estimated from when embedding (ours: 512)
+    camera_bn_images: int = 512
 
 
 @dataclass

@@ -292,6 +292,7 @@ class Trainer:
         from tqdm import tqdm
 
         from unreid.data.loader import IterLoader, build_train_loader
+        from unreid.models.camera_bn import camera_batch
 
         assert self.method.labels is not None
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
@@ -307,7 +308,8 @@ class Trainer:
         bar = tqdm(IterLoader(loader, iters), total=iters, desc=f"epoch {epoch} [{self.mode}]",
                    disable=None, leave=False, mininterval=5)
         for step, batch in enumerate(bar):
-            with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16):
+            with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16), \
+                    camera_batch(self.model, batch["camid"] if self.cfg.model.camera_bn else None):
                 out = self.method.step(batch, epoch)
             loss = out.losses["loss"]
             if not torch.isfinite(loss):
@@ -443,12 +445,40 @@ class Trainer:
 
 def extract(model: nn.Module, samples: list[Sample], cfg: Config, device: torch.device,
             cache: Any = None, amp: bool = False) -> torch.Tensor:
-    """L2-normalised features ``(N, d) float32`` on CPU of ``samples``, with the test transform of ``cfg.data``."""
+    """L2-normalised features ``(N, d) float32`` on CPU of ``samples``, with the test transform of ``cfg.data``.
+
+    A model with camera BN layers (``model.camera_bn``) embeds each camera's images with statistics
+    re-estimated from that camera's images in ``samples`` (at most ``model.camera_bn_images`` of them):
+    see :mod:`unreid.models.camera_bn`. The model's own statistics are restored afterwards.
+    """
     from unreid.data.loader import build_test_loader
     from unreid.evaluation.features import extract_features
+    from unreid.models.camera_bn import camera_bn_layers, camera_statistics, estimate_statistics
 
-    loader = build_test_loader(samples, cfg.data, cache=cache, batch_size=cfg.eval.batch_size)
-    return extract_features(model, loader, device, amp=amp)
+    def loader(rows: list[Sample]):
+        return build_test_loader(rows, cfg.data, cache=cache, batch_size=cfg.eval.batch_size)
+
+    if not camera_bn_layers(model):
+        return extract_features(model, loader(samples), device, amp=amp)
+    camids = np.asarray([s.camid for s in samples])
+    rng = np.random.default_rng(cfg.seed)
+    cap = int(cfg.model.camera_bn_images)
+    out: torch.Tensor | None = None
+    for c in np.unique(camids):
+        idx = np.flatnonzero(camids == c)
+        stat = idx if len(idx) <= cap else np.sort(rng.choice(idx, cap, replace=False))
+        with camera_statistics(model):
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
+                n = estimate_statistics(model, (b["img"].to(device) for b in loader([samples[i] for i in stat])))
+            if n == 0:
+                log.warning("camera BN: camera %s has %d image(s) in this set, too few for statistics; its "
+                            "features use the model's running statistics", c, len(idx))
+            f = extract_features(model, loader([samples[i] for i in idx]), device, amp=amp)
+        if out is None:
+            out = torch.zeros(len(samples), f.shape[1], dtype=torch.float32)
+        out[torch.as_tensor(idx)] = f
+    assert out is not None
+    return out
 
 
 def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample], cfg: Config,
@@ -463,8 +493,10 @@ def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample],
     if not query or not gallery:
         return {}
     t0 = time.time()
-    qf = extract(model, query, cfg, device, cache, amp)
-    gf = extract(model, gallery, cfg, device, cache, amp)
+    # One pass over query + gallery: with camera BN, each camera's statistics come from all of its
+    # test images (Zhuang et al. 2020); for a plain model this is the same as two passes.
+    feats = extract(model, list(query) + list(gallery), cfg, device, cache, amp)
+    qf, gf = feats[:len(query)], feats[len(query):]
     res = PROTOCOLS[cfg.eval.protocol](qf, gf, query, gallery, rerank=cfg.eval.rerank)
     res = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
     res["time_s"] = round(time.time() - t0, 2)

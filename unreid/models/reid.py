@@ -136,6 +136,17 @@ def build_model(cfg: ModelConfig, init_weights: bool = True) -> ReIDModel:
         A :class:`ReIDModel` in train mode on the CPU.
 
     Raises:
-        ValueError: unknown backbone or pooling, bad embedding_dim / dropout / gem_p / last_stride.
+        ValueError: unknown backbone or pooling, bad embedding_dim / dropout / gem_p / last_stride /
+            camera_bn_images, or ``model.camera_bn`` with a BN layer camera BN cannot split.
+
+    With ``cfg.camera_bn`` the BN layers are camera-based (:func:`unreid.models.camera_bn.convert_camera_bn`).
     """
-    return ReIDModel(build_backbone(cfg, init_weights=init_weights), cfg)
+    if cfg.camera_bn_images < 2:
+        raise ValueError(f"model.camera_bn_images must be >= 2 (images per camera for its BN statistics), "
+                         f"got {cfg.camera_bn_images}")
+    model = ReIDModel(build_backbone(cfg, init_weights=init_weights), cfg)
+    if cfg.camera_bn:
+        from unreid.models.camera_bn import convert_camera_bn
+
+        convert_camera_bn(model)
+    return model
