@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", default=None,
                    help="trained weights; without it the (ImageNet) backbone of the config is used")
-    p.add_argument("--split", choices=["train", "query", "gallery"], default="query")
+    p.add_argument("--split", choices=["train", "query", "gallery"], default="query",
+                   help="with model.camera_bn, each camera's BN statistics come from this split's images")
     p.add_argument("--out", required=True, help="output .npz (features, paths, pids, camids); never overwritten")
 
     sub.add_parser("datasets", help="list the known datasets and their expected folder layouts")
