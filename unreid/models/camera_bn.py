@@ -131,11 +131,11 @@ def camera_batch(model: nn.Module, camids: Tensor | np.ndarray | None) -> Iterat
     A no-op for a model without camera BN layers or when ``camids`` is None. The ids are cleared on
     exit, also when an error is raised.
     """
-    layers = camera_bn_layers(model)
-    if not layers or camids is None:
+    layers = [] if camids is None else camera_bn_layers(model)
+    if not layers:
         yield
         return
-    cams = torch.as_tensor(np.asarray(camids) if not torch.is_tensor(camids) else camids, dtype=torch.long)
+    cams = torch.as_tensor(camids, dtype=torch.long)
     for m in layers:
         m.camids = cams
     try:
@@ -180,6 +180,8 @@ def estimate_statistics(model: nn.Module, batches) -> int:
     layers = camera_bn_layers(model)
     was_training = model.training
     seen = 0
+    for m in layers:
+        m.camids = None
     try:
         for x in batches:
             if x.shape[0] < 2:
@@ -189,8 +191,6 @@ def estimate_statistics(model: nn.Module, batches) -> int:
                     m.reset_running_stats()
                     m.momentum = None
             model.train()
-            for m in layers:
-                m.camids = None
             model(x)
             seen += int(x.shape[0])
     finally:
