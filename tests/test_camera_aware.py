@@ -15,6 +15,7 @@ from tests.test_no_label_leak import _run, _same_model, _scrambled
 from unreid.config import load_config
 from unreid.engine import Trainer
 from unreid.engine.trainer import load_data
+from unreid.models.camera_bn import camera_bn_layers
 from unreid.pseudo_labels.camera import camera_standardize
 
 CAMERA_AWARE = {
@@ -74,14 +75,41 @@ def test_cross_camera_matching_run_merges_clusters_across_cameras(synthetic_root
     assert pl["cross_camera_ratio"] > 0.5  # every per-camera cluster has a partner in each other camera
 
 
-@pytest.mark.parametrize("neighbourhood", ["standardize", "ca_jaccard"])
-def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path, neighbourhood):
+@pytest.mark.parametrize(("method", "neighbourhood"), [
+    ("cluster_contrast", "standardize"), ("cluster_contrast", "ca_jaccard"), ("hhcl", "standardize")])
+def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path, method, neighbourhood):
     """Camera ids may steer camera-aware training; identities may not: scrambling them changes nothing."""
     base = load_config(None, tiny_overrides(synthetic_root, tmp_path / "x", **{
-        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, "method.camera.neighbourhood": neighbourhood}))
+        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, "method.name": method,
+        "method.camera.neighbourhood": neighbourhood}))
     data = load_data(base)
     a, ra = _run(dataclasses.replace(base, output_dir=str(tmp_path / "true")), data)
     b, rb = _run(dataclasses.replace(base, output_dir=str(tmp_path / "scrambled")), _scrambled(data))
     assert _same_model(a, b)
     assert torch.equal(a["method"]["proxy_memory"]["memory"], b["method"]["proxy_memory"]["memory"])
     assert [x.get("losses") for x in ra] == [y.get("losses") for y in rb]
+
+
+def test_every_camera_aware_part_runs_under_hhcl(synthetic_root, tmp_path):
+    """The camera-aware parts belong to the shared engine: HHCL takes them from config as Cluster
+    Contrast does (camera BN, standardisation, per-camera clustering + matching, CAP proxies), and its
+    own hybrid-memory losses stay in the sum beside the proxy losses."""
+    cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
+        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, "method.name": "hhcl",
+        "method.camera.matching": True, "model.camera_bn": True, "pseudo_labels.eps": 0.3,
+        "data.batch_size": 4, "data.num_instances": 2, "method.hhcl.num_slots": 2}))
+    trainer = Trainer(cfg)
+    trainer.train()
+    rows = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "losses" in r]
+    assert len(train_rows) == 2
+    for r in train_rows:
+        pl, losses = r["pseudo_labels"], r["losses"]
+        assert {"centroid_nce", "hard_nce", "intra_camera", "inter_camera"} <= set(losses)
+        assert pl["matched_pairs"] >= 1 and len(pl["per_camera_clusters"]) == 3
+        assert pl["num_proxies"] >= pl["num_clusters"]
+        # the total is HHCL's own loss (method_loss_weight 1, both cross-entropies positive) plus the
+        # proxy terms (the inter-camera one already weighted): HHCL's loss was not dropped
+        assert losses["loss"] - losses["intra_camera"] - losses["inter_camera"] > 0.1
+    assert train_rows[1]["losses"]["inter_camera"] > 0.0
+    assert camera_bn_layers(trainer.model)
