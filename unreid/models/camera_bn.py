@@ -169,8 +169,15 @@ def camera_statistics(model: nn.Module) -> Iterator[list[nn.Module]]:
 def estimate_statistics(model: nn.Module, batches) -> int:
     """Replace the running statistics of ``model``'s camera BN layers by those of ``batches``.
 
+    Only the BN layers run in train mode (to collect statistics); every other module runs as at
+    inference. So stochastic parts (dropout, EfficientNet's drop connect / stochastic depth) are off,
+    the estimate is deterministic, and the statistics are those of the activations the embedding pass
+    then normalises. (Ours: the paper's ResNet has no stochastic parts; PyTorch's
+    ``torch.optim.swa_utils.update_bn`` puts the whole model in train mode instead, which with
+    EfficientNet-Lite's drop connect made two estimates of the same images differ.)
+
     Args:
-        model: with camera BN layers; its train/eval mode is restored on return.
+        model: with camera BN layers; the train/eval mode of all its modules is restored on return.
         batches: iterable of ``(B, 3, H, W)`` float image tensors on the model's device (one camera's
             images); a batch of one image is skipped (no variance).
 
@@ -178,11 +185,14 @@ def estimate_statistics(model: nn.Module, batches) -> int:
         the number of images the statistics were estimated from (0: nothing changed).
     """
     layers = camera_bn_layers(model)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     seen = 0
     for m in layers:
         m.camids = None
     try:
+        model.eval()
+        for m in layers:
+            m.train()
         for x in batches:
             if x.shape[0] < 2:
                 continue
@@ -190,11 +200,11 @@ def estimate_statistics(model: nn.Module, batches) -> int:
                 for m in layers:
                     m.reset_running_stats()
                     m.momentum = None
-            model.train()
             model(x)
             seen += int(x.shape[0])
     finally:
-        model.train(was_training)
+        for m, was in modes.items():
+            m.training = was
     return seen
 
 
