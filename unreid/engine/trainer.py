@@ -493,8 +493,9 @@ def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample],
     if not query or not gallery:
         return {}
     t0 = time.time()
-    # One pass over query + gallery: with camera BN, each camera's statistics come from all of its
-    # test images (Zhuang et al. 2020); for a plain model this is the same as two passes.
+    # One pass over query + gallery: with camera BN, each camera's statistics come from its query and
+    # gallery images together (Zhuang et al. 2020; at most model.camera_bn_images of them, see extract);
+    # for a plain model this is the same as two passes.
     feats = extract(model, list(query) + list(gallery), cfg, device, cache, amp)
     qf, gf = feats[:len(query)], feats[len(query):]
     res = PROTOCOLS[cfg.eval.protocol](qf, gf, query, gallery, rerank=cfg.eval.rerank)

@@ -24,7 +24,8 @@ Ours, where the paper is silent:
   statistics of the whole batch (a one-image variance is undefined for ``BatchNorm1d``);
 * the statistics of a camera are estimated from at most ``model.camera_bn_images`` of its images (all of
   them when fewer; default 512, a seeded random subset otherwise), as the cumulative average of the
-  per-batch statistics (PyTorch's ``momentum=None``).
+  per-batch statistics (PyTorch's ``momentum=None``), with only the BN layers in train mode (no
+  dropout or drop connect while estimating: :func:`estimate_statistics`).
 """
 
 from __future__ import annotations
