@@ -173,9 +173,13 @@ def estimate_statistics(model: nn.Module, batches) -> int:
     Only the BN layers run in train mode (to collect statistics); every other module runs as at
     inference. So stochastic parts (dropout, EfficientNet's drop connect / stochastic depth) are off,
     the estimate is deterministic, and the statistics are those of the activations the embedding pass
-    then normalises. (Ours: the paper's ResNet has no stochastic parts; PyTorch's
-    ``torch.optim.swa_utils.update_bn`` puts the whole model in train mode instead, which with
-    EfficientNet-Lite's drop connect made two estimates of the same images differ.)
+    then normalises (no "variance shift" between the estimate and inference: Li et al.,
+    "Understanding the Disharmony between Dropout and Batch Normalization by Variance Shift", CVPR 2019).
+    (Ours: the CBN paper's ResNet has no stochastic parts, and its code, like PyTorch's
+    ``torch.optim.swa_utils.update_bn``, puts the whole model in train mode, which with
+    EfficientNet-Lite's drop connect made two estimates of the same images differ. On ten
+    cuhk03-detected checkpoints the test mAP with this estimate was 0.0-0.2 below the earlier
+    stochastic one, docs/RESULTS.md.)
 
     Args:
         model: with camera BN layers; the train/eval mode of all its modules is restored on return.
