@@ -114,24 +114,27 @@ def test_estimate_statistics_takes_them_from_the_given_images_only():
     torch.testing.assert_close(bn.running_var, torch.tensor([2.0]))
 
 
-def test_estimate_statistics_runs_everything_but_the_bn_layers_as_at_inference():
-    """Stochastic modules (here dropout; EfficientNet's drop connect likewise) are off while the
-    statistics are collected: the estimate is deterministic and equals the statistics of the
-    activations the eval-mode network feeds the BN layer."""
-    torch.manual_seed(0)
+def test_estimate_statistics_is_seeded_train_mode_and_leaves_the_callers_rng_alone():
+    """The whole model runs in train mode (dropout here, EfficientNet's drop connect likewise, act as
+    in training, as the CBN code does), with draws from the given seed: the same seed gives the same
+    statistics, another seed others; the global RNG state and every module's mode are restored."""
     bn = _bn1d()
     net = nn.Sequential(nn.Flatten(), nn.Linear(1, 1), nn.Dropout(0.5), bn)
     net.train()
     net[1].eval()  # a mixed state, restored module by module
-    x = torch.tensor([[1.0], [2.0], [4.0], [9.0]])
-    assert estimate_statistics(net, [x]) == 4
+    x = torch.linspace(1.0, 9.0, 64)[:, None]
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    assert estimate_statistics(net, [x], seed=7) == 64
+    assert torch.equal(torch.get_rng_state(), rng)
     first = (bn.running_mean.clone(), bn.running_var.clone())
-    estimate_statistics(net, [x])
+    estimate_statistics(net, [x], seed=7)
     torch.testing.assert_close((bn.running_mean, bn.running_var), first, rtol=0, atol=0)
+    estimate_statistics(net, [x], seed=8)
+    assert not torch.equal(bn.running_var, first[1])  # dropout was active: other draws, other statistics
     with torch.no_grad():
-        h = net[1](x)  # what the BN layer sees at inference (dropout is the identity there)
-    torch.testing.assert_close(bn.running_mean, h.mean(0))
-    torch.testing.assert_close(bn.running_var, h.var(0, unbiased=True))
+        h = net[1](x)  # without dropout the variance would be this one
+    assert not torch.allclose(first[1], h.var(0, unbiased=True))
     assert net.training and net[2].training and bn.training and not net[1].training
 
 

@@ -469,7 +469,8 @@ def extract(model: nn.Module, samples: list[Sample], cfg: Config, device: torch.
         stat = idx if len(idx) <= cap else np.sort(rng.choice(idx, cap, replace=False))
         with camera_statistics(model):
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
-                n = estimate_statistics(model, (b["img"].to(device) for b in loader([samples[i] for i in stat])))
+                n = estimate_statistics(model, (b["img"].to(device) for b in loader([samples[i] for i in stat])),
+                                         seed=cfg.seed)
             if n == 0:
                 log.warning("camera BN: camera %s has %d image(s) in this set, too few for statistics; its "
                             "features use the model's running statistics", c, len(idx))

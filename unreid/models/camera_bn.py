@@ -24,8 +24,8 @@ Ours, where the paper is silent:
   statistics of the whole batch (a one-image variance is undefined for ``BatchNorm1d``);
 * the statistics of a camera are estimated from at most ``model.camera_bn_images`` of its images (all of
   them when fewer; default 512, a seeded random subset otherwise), as the cumulative average of the
-  per-batch statistics (PyTorch's ``momentum=None``), with only the BN layers in train mode (no
-  dropout or drop connect while estimating: :func:`estimate_statistics`).
+  per-batch statistics (PyTorch's ``momentum=None``), the model in train mode with its stochastic
+  layers' draws seeded, so the estimate is deterministic (:func:`estimate_statistics`).
 """
 
 from __future__ import annotations
@@ -167,46 +167,51 @@ def camera_statistics(model: nn.Module) -> Iterator[list[nn.Module]]:
 
 
 @torch.no_grad()
-def estimate_statistics(model: nn.Module, batches) -> int:
+def estimate_statistics(model: nn.Module, batches, seed: int = 0) -> int:
     """Replace the running statistics of ``model``'s camera BN layers by those of ``batches``.
 
-    Only the BN layers run in train mode (to collect statistics); every other module runs as at
-    inference. So stochastic parts (dropout, EfficientNet's drop connect / stochastic depth) are off,
-    the estimate is deterministic, and the statistics are those of the activations the embedding pass
-    then normalises (no "variance shift" between the estimate and inference: Li et al.,
-    "Understanding the Disharmony between Dropout and Batch Normalization by Variance Shift", CVPR 2019).
-    (Ours: the CBN paper's ResNet has no stochastic parts, and its code, like PyTorch's
-    ``torch.optim.swa_utils.update_bn``, puts the whole model in train mode, which with
-    EfficientNet-Lite's drop connect made two estimates of the same images differ. On ten
-    cuhk03-detected checkpoints the test mAP with this estimate was 0.0-0.2 below the earlier
-    stochastic one, docs/RESULTS.md.)
+    The whole model runs in train mode while the statistics are collected, as in the CBN code
+    (automan000/Camera-based-Person-ReID: the network "set to train mode" on one camera's batches,
+    BN ``momentum=None``) and PyTorch's ``torch.optim.swa_utils.update_bn``; so stochastic parts
+    (dropout, EfficientNet's drop connect) act as they did when the model's own statistics were
+    formed in training. Their random draws come from a generator seeded with ``seed`` inside a forked
+    RNG state, so the estimate is deterministic and the caller's random streams are untouched (ours:
+    the reference's ResNet has no stochastic parts). Measured alternative, not kept: only the BN
+    layers in train mode (no drop connect; the "variance shift" view of Li et al., CVPR 2019) gave
+    0.0-0.2 lower test mAP on ten cuhk03-detected checkpoints and trained a lower run (docs/RESULTS.md).
 
     Args:
         model: with camera BN layers; the train/eval mode of all its modules is restored on return.
         batches: iterable of ``(B, 3, H, W)`` float image tensors on the model's device (one camera's
             images); a batch of one image is skipped (no variance).
+        seed: seed of the stochastic layers' draws during the estimate.
 
     Returns:
         the number of images the statistics were estimated from (0: nothing changed).
     """
     layers = camera_bn_layers(model)
     modes = {m: m.training for m in model.modules()}
+    p = next(model.parameters(), None)
+    cuda = [p.device.index or 0] if p is not None and p.is_cuda else []
     seen = 0
     for m in layers:
         m.camids = None
     try:
-        model.eval()
-        for m in layers:
-            m.train()
-        for x in batches:
-            if x.shape[0] < 2:
-                continue
-            if seen == 0:
-                for m in layers:
-                    m.reset_running_stats()
-                    m.momentum = None
-            model(x)
-            seen += int(x.shape[0])
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            for idx in cuda:
+                with torch.cuda.device(idx):
+                    torch.cuda.manual_seed(seed)
+            model.train()
+            for x in batches:
+                if x.shape[0] < 2:
+                    continue
+                if seen == 0:
+                    for m in layers:
+                        m.reset_running_stats()
+                        m.momentum = None
+                model(x)
+                seen += int(x.shape[0])
     finally:
         for m, was in modes.items():
             m.training = was
