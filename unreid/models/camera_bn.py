@@ -171,8 +171,8 @@ def estimate_statistics(model: nn.Module, batches, seed: int = 0) -> int:
     """Replace the running statistics of ``model``'s camera BN layers by those of ``batches``.
 
     The whole model runs in train mode while the statistics are collected, as in the CBN code
-    (automan000/Camera-based-Person-ReID: the network "set to train mode" on one camera's batches,
-    BN ``momentum=None``) and PyTorch's ``torch.optim.swa_utils.update_bn``; so stochastic parts
+    (automan000/Camera-based-Person-ReID, README: one camera's mini-batches passed through the
+    network in train mode, BN ``momentum=None``) and PyTorch's ``torch.optim.swa_utils.update_bn``; so stochastic parts
     (dropout, EfficientNet's drop connect) act as they did when the model's own statistics were
     formed in training. Their random draws come from a generator seeded with ``seed`` inside a forked
     RNG state, so the estimate is deterministic and the caller's random streams are untouched (ours:
