@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,3 +45,8 @@ def tiny_overrides(root, out, **extra) -> list[str]:
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
+
+
+def metrics_rows(out_dir) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` in ``out_dir``, oldest first (tests only)."""
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -3,14 +3,12 @@ reference's equations written here, the labeller's errors, and its use through `
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_overrides
+from tests.conftest import metrics_rows, tiny_overrides
 from unreid.config import ConfigError, PseudoLabelConfig, load_config
 from unreid.engine import Trainer
 from unreid.pseudo_labels import PseudoLabeler
@@ -128,7 +126,7 @@ def test_ca_jaccard_run_through_the_engine(synthetic_root, tmp_path):
         "method.camera.proxies": True, "data.batch_size": 8, "data.num_instances": 2}))
     trainer = Trainer(cfg)
     trainer.train()
-    row = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    row = metrics_rows(trainer.output_dir)[-1]
     pl = row["pseudo_labels"]
     assert pl["num_clusters"] >= 1 and pl["num_proxies"] >= pl["num_clusters"]
     assert pl["cross_camera_ratio"] > 0.0

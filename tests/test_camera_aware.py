@@ -4,13 +4,12 @@ standardisation, CAP proxies and cross-camera matching, switched on by ``method.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.conftest import metrics_rows, tiny_overrides
 from tests.test_no_label_leak import _run, _same_model, _scrambled
 from unreid.config import load_config
 from unreid.engine import Trainer
@@ -45,14 +44,18 @@ def test_camera_standardize_removes_each_cameras_statistics():
         camera_standardize(f, np.array([0, 1, 0]))
 
 
-def test_camera_aware_run_reports_proxies_and_cross_camera_ratio(synthetic_root, tmp_path):
-    cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
-        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE}))
-    trainer = Trainer(cfg)
+def _two_epoch_run(root, out, **extra) -> tuple[Trainer, list[dict]]:
+    """A 2-epoch x 2-step camera-aware run on the synthetic set; the trainer and its training rows."""
+    trainer = Trainer(load_config(None, tiny_overrides(root, out, **{
+        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, **extra})))
     trainer.train()
-    rows = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if "losses" in r]
+    train_rows = [r for r in metrics_rows(trainer.output_dir) if "losses" in r]
     assert len(train_rows) == 2
+    return trainer, train_rows
+
+
+def test_camera_aware_run_reports_proxies_and_cross_camera_ratio(synthetic_root, tmp_path):
+    _, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run")
     for r in train_rows:
         pl = r["pseudo_labels"]
         assert pl["num_proxies"] >= pl["num_clusters"]
@@ -69,7 +72,7 @@ def test_cross_camera_matching_run_merges_clusters_across_cameras(synthetic_root
         "pseudo_labels.eps": 0.3, "data.batch_size": 8, "data.num_instances": 2}))
     trainer = Trainer(cfg)
     trainer.train()
-    row = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    row = metrics_rows(trainer.output_dir)[-1]
     pl = row["pseudo_labels"]
     assert pl["matched_pairs"] >= 1 and len(pl["per_camera_clusters"]) == 3
     assert pl["cross_camera_ratio"] > 0.5  # every per-camera cluster has a partner in each other camera
@@ -94,15 +97,9 @@ def test_every_camera_aware_part_runs_under_hhcl(synthetic_root, tmp_path):
     """The camera-aware parts belong to the shared engine: HHCL takes them from config as Cluster
     Contrast does (camera BN, standardisation, per-camera clustering + matching, CAP proxies), and its
     own hybrid-memory losses stay in the sum beside the proxy losses."""
-    cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
-        "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, "method.name": "hhcl",
-        "method.camera.matching": True, "model.camera_bn": True, "pseudo_labels.eps": 0.3,
-        "data.batch_size": 4, "data.num_instances": 2, "method.hhcl.num_slots": 2}))
-    trainer = Trainer(cfg)
-    trainer.train()
-    rows = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if "losses" in r]
-    assert len(train_rows) == 2
+    trainer, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run", **{
+        "method.name": "hhcl", "method.camera.matching": True, "model.camera_bn": True,
+        "pseudo_labels.eps": 0.3, "data.batch_size": 4, "data.num_instances": 2, "method.hhcl.num_slots": 2})
     for r in train_rows:
         pl, losses = r["pseudo_labels"], r["losses"]
         assert {"centroid_nce", "hard_nce", "intra_camera", "inter_camera"} <= set(losses)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import tiny_overrides
+from tests.conftest import metrics_rows, tiny_overrides
 from unreid.config import load_config
 from unreid.engine import Trainer
 from unreid.engine.trainer import extract, load_data
@@ -193,5 +192,5 @@ def test_training_splits_each_batch_by_camera(synthetic_root, tmp_path):
     assert len(seen) == 2 and all(len(c) == cfg.data.batch_size and set(c.tolist()) <= train_cams for c in seen)
     assert any(len(set(c.tolist())) > 1 for c in seen)  # mixed-camera batches reach the layer split
     assert layer.camids is None
-    row = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    row = metrics_rows(trainer.output_dir)[-1]
     assert math.isfinite(row["losses"]["loss"]) and "mAP" in row["test"]

@@ -7,11 +7,9 @@ ARI (report only) and the Market-protocol (cross-camera) mAP must rise above the
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import tiny_overrides
+from tests.conftest import metrics_rows, tiny_overrides
 from unreid.config import load_config
 from unreid.engine import Trainer
 
@@ -41,7 +39,7 @@ def test_training_improves_pseudo_labels_and_cross_camera_map(synthetic_root, tm
     cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / method, **E2E, **{"method.name": method}))
     trainer = Trainer(cfg)
     trainer.train()
-    rows = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(trainer.output_dir)
     before = rows[0]
     assert before["epoch"] == -1
     epochs = rows[1:]

@@ -8,12 +8,11 @@ the supervised reference, which is *meant* to use them, must differ.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.conftest import metrics_rows, tiny_overrides
 from unreid.config import load_config
 from unreid.data.datasets import build_dataset
 from unreid.engine import Trainer
@@ -34,7 +33,7 @@ def _run(cfg, data):
     trainer = Trainer(cfg, data=data)
     trainer.train()
     ckpt = load_checkpoint(trainer.output_dir / "checkpoint_last.pth")
-    rows = [json.loads(x) for x in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(trainer.output_dir)
     return ckpt, rows
 
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from tests.conftest import tiny_overrides
+from tests.conftest import metrics_rows, tiny_overrides
 from unreid.config import load_config
 from unreid.engine import Trainer
 from unreid.engine.checkpoint import load_checkpoint
-
-
-def _metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_continues_exactly(synthetic_root, tmp_path):
@@ -34,7 +28,7 @@ def test_resume_continues_exactly(synthetic_root, tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert torch.equal(a["method"]["labels"], b["method"]["labels"])
-    last_a, last_b = _metrics(full)[-1], _metrics(part)[-1]
+    last_a, last_b = metrics_rows(full)[-1], metrics_rows(part)[-1]
     assert last_a["losses"] == last_b["losses"]
     assert last_a["test"]["mAP"] == last_b["test"]["mAP"]
 
@@ -56,7 +50,7 @@ def test_supervised_mode_is_marked_everywhere(synthetic_root, tmp_path):
     trainer = Trainer(cfg)
     trainer.train()
     assert trainer.output_dir.name == "run-SUPERVISED" and not out.exists()
-    rows = _metrics(trainer.output_dir)
+    rows = metrics_rows(trainer.output_dir)
     assert all(r["mode"] == "supervised" for r in rows)
     assert rows[-1]["pseudo_labels"]["source"] == "ground_truth"
     assert "SUPERVISED" in (trainer.output_dir / "train.log").read_text()
