@@ -29,6 +29,8 @@ def test_overrides_and_yaml_inheritance(tmp_path):
         ("pseudo_labels.eps=1.5", "pseudo_labels.eps"),
         ("data.batch_size=10", "data.batch_size"),
         ("method.momentum=1.0", "method.momentum"),
+        ("data.grayscale_patch_p=1.5", "data.grayscale_patch_p"),
+        ("data.grayscale_p=-0.1", "data.grayscale_p"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

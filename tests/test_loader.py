@@ -25,7 +25,13 @@ from unreid.data.loader import (
     should_cache,
 )
 from unreid.data.samplers import build_sampler
-from unreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
+from unreid.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomGrayscalePatch,
+    build_test_transform,
+    build_train_transform,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -169,6 +175,48 @@ def test_train_transform_steps(files):
     ys, xs = torch.nonzero(changed, as_tuple=True)
     box = erased[:, ys.min():ys.max() + 1, xs.min():xs.max() + 1]
     assert (box == 0).all() and 0.02 <= box[0].numel() / (64 * 32) <= 0.4
+
+
+def _luma(img: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma of a float (3, H, W) image, written out (torchvision's weights)."""
+    return 0.2989 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+
+
+def test_grayscale_patch_greys_one_rectangle_and_nothing_else():
+    torch.manual_seed(0)
+    img = torch.rand(3, 64, 32)  # every pixel coloured: any grey pixel was made grey
+    for seed in range(5):
+        torch.manual_seed(seed)
+        out = RandomGrayscalePatch(1.0)(img)
+        grey = (out[0] == out[1]) & (out[1] == out[2])
+        ys, xs = torch.nonzero(grey, as_tuple=True)
+        box = (slice(None), slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        assert grey[box[1:]].all() and grey.sum() == grey[box[1:]].numel()  # one full rectangle
+        assert 0.02 <= grey.sum().item() / (64 * 32) <= 0.4
+        assert torch.allclose(out[box][0], _luma(img[box]), atol=1e-5)  # the luma of the same pixels
+        assert torch.equal(out[:, ~grey], img[:, ~grey])  # the rest untouched
+    assert torch.equal(RandomGrayscalePatch(0.0)(img), img)
+    with pytest.raises(ValueError, match="p must be in"):
+        RandomGrayscalePatch(1.2)
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        RandomGrayscalePatch(1.0)(torch.rand(1, 8, 8))
+
+
+def test_train_transform_grayscale_options(files):
+    img = TF.resize(read_image(files[0]), [H, W], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    plain = dict(flip_p=0.0, pad=0, random_erasing_p=0.0)
+    norm = img.float() / 255
+    # whole image grey (p=1): the output is the normalised luma image
+    out = build_train_transform(_cfg(**plain, grayscale_p=1.0))(img) * STD + MEAN
+    assert torch.allclose(out, TF.rgb_to_grayscale(img, num_output_channels=3).float() / 255, atol=1e-5)
+    assert not torch.allclose(out, norm, atol=1e-3)  # the fixture image is coloured
+    # patch (p=1): part of the image grey, the rest as without the option
+    torch.manual_seed(3)
+    out = build_train_transform(_cfg(**plain, grayscale_patch_p=1.0))(img) * STD + MEAN
+    same = torch.isclose(out, norm, atol=1e-5).all(0)
+    assert 0 < (~same).sum() <= 0.4 * H * W
+    assert torch.allclose(out[0][~same], out[1][~same], atol=1e-5)
+    assert "RandomGrayscalePatch" not in repr(build_train_transform(_cfg()))  # off by default
 
 
 def test_train_loader_batches_and_iterloader(files):

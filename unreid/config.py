@@ -51,6 +51,10 @@ class DataConfig:
     flip_p: float = 0.5
     pad: int = 10  #: pad + random crop (CC transforms)
     random_erasing_p: float = 0.5  #: CC uses RandomErasing(p=0.5, mean=ImageNet mean)
+    #: whole image to greyscale with this probability (Gong et al. 2021, RGT; published 0.05); 0 = off
+    grayscale_p: float = 0.0
+    #: one random rectangle to greyscale with this probability (Gong et al. 2021, RGPR; published 0.4); 0 = off
+    grayscale_patch_p: float = 0.0
     sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     #: extra keyword options of the dataset family (e.g. ``{variant: labeled}`` for cuhk03,
@@ -248,6 +252,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.batch_size ({d.batch_size}) must be a multiple of data.num_instances ({d.num_instances})"
         )
+    for key in ("flip_p", "random_erasing_p", "grayscale_p", "grayscale_patch_p"):
+        if not 0.0 <= getattr(d, key) <= 1.0:
+            raise ConfigError(f"data.{key} is a probability and must be in [0, 1], got {getattr(d, key)}")
     p = cfg.pseudo_labels
     if p.k1 < 1 or p.k2 < 1:
         raise ConfigError(f"pseudo_labels.k1 and k2 must be >= 1, got k1={p.k1}, k2={p.k2}")
