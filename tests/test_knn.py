@@ -118,7 +118,12 @@ def test_pca_search_recall_and_exact_fallback():
     centres = F.normalize(torch.randn(50, 12, generator=g), dim=1) @ basis.T
     f = F.normalize(centres.repeat_interleave(10, 0) + 0.05 * torch.randn(500, 96, generator=g), dim=1)
     exact, exact_sim = knn(f, 15)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
     approx, sim = knn(f, 15, "pca", pca_dim=24, pca_oversample=2.0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
+    again, _ = knn(f, 15, "pca", pca_dim=24, pca_oversample=2.0)
+    assert (again == approx).all()  # the projection is seeded: same neighbours every call
     assert (approx[:, 0] == np.arange(500)).all()
     assert recall_at_k(approx, exact) > 0.98
     x = f.double().numpy()
