@@ -19,9 +19,10 @@ Effective Data Augmentation for Person Re-identification", arXiv 2101.08533 (cod
 image grey (their RGT, ``transforms.RandomGrayscale(0.05)``); ``data.grayscale_patch_p`` turns one random
 rectangle grey (their RGPR / LGT, probability 0.4 in the README, the rectangle drawn with random
 erasing's area 2-40 % and aspect ratio [0.3, 1/0.3]). Both sit before normalisation and random
-erasing, as in their code (PIL-level transforms). Use: cameras that differ in colour balance, so the
-network cannot rely on colour alone. Deviation: the rectangle's aspect ratio is drawn log-uniformly (as
-torchvision's random erasing), theirs uniformly.
+erasing, as in their code (PIL-level transforms). Meant for cameras that differ in colour balance, so
+the network cannot rely on colour alone; measured *lower* on cuhk03-detected at the 8-epoch CPU budget
+(docs/RESULTS.md; Gong et al. train longer with it). Deviation: the rectangle's aspect ratio is drawn
+log-uniformly (as torchvision's random erasing), theirs uniformly.
 
 Test: Resize((H, W), bicubic) -> Normalize (CC ``get_test_loader``).
 """
