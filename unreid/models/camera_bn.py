@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unreid.models.heads import BNNeck
+from unreid.rng import forked_seed
 
 #: the layer types :func:`convert_camera_bn` converts (other BN subclasses, e.g. timm's ``BatchNormAct2d``,
 #: add work to ``forward`` that a camera split would skip, so they are refused)
@@ -197,11 +198,7 @@ def estimate_statistics(model: nn.Module, batches, seed: int = 0) -> int:
     for m in layers:
         m.camids = None
     try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.default_generator.manual_seed(seed)
-            for idx in cuda:
-                with torch.cuda.device(idx):
-                    torch.cuda.manual_seed(seed)
+        with forked_seed(seed, cuda):
             model.train()
             for x in batches:
                 if x.shape[0] < 2:

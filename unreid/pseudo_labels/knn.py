@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unreid.rng import forked_seed
+
 _METHODS = ("exact", "faiss", "hnsw", "pca")
 
 
@@ -298,10 +300,9 @@ def _pca_search(f: Tensor, kk: int, dim: int, oversample: float, block: int) -> 
         # one thread: on a busy machine the LAPACK QR inside svd_lowrank is 10x slower with 2
         # spinning threads than with 1 (measured: 5.5 s vs 0.38 s for 10,000 x 266)
         torch.set_num_threads(1)
-        # svd_lowrank draws its random projection from the global generator: seed it inside a forked
-        # state (CPU only: the features are on the CPU), so the caller's random stream is left alone
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        # svd_lowrank draws its random projection from the global CPU generator (the features are on
+        # the CPU): seed it inside a forked state, so the caller's random streams are left alone
+        with forked_seed(0):
             _, _, v = torch.svd_lowrank(sample, q=min(dim + 10, *sample.shape), niter=2)
     finally:
         torch.set_num_threads(threads)
