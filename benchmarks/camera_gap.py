@@ -26,32 +26,6 @@ import numpy as np
 import torch
 
 
-def nearest_neighbour_hits(features: torch.Tensor, cams: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    """How often the nearest same-camera / other-camera neighbour (cosine) is the same identity.
-
-    Args:
-        features: ``(N, d)`` features (normalised here).
-        cams, gt: ``(N,) int`` camera ids and true identities (ground truth: a report, never a label).
-
-    Returns:
-        ``(same_camera_rate, other_camera_rate)`` in [0, 1], over the images that have such a neighbour.
-    """
-    f = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
-    c, g = torch.as_tensor(cams), torch.as_tensor(gt)
-    hits = {True: [0, 0], False: [0, 0]}
-    for s in range(0, len(f), 2048):
-        sim = f[s:s + 2048] @ f.T
-        sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = float("-inf")  # not itself
-        same = c[s:s + 2048, None] == c[None, :]
-        for want in (True, False):
-            masked = sim.masked_fill(same != want, float("-inf"))
-            best, arg = masked.max(1)
-            ok = torch.isfinite(best)
-            hits[want][0] += int((g[arg] == g[s:s + 2048])[ok].sum())
-            hits[want][1] += int(ok.sum())
-    return hits[True][0] / max(1, hits[True][1]), hits[False][0] / max(1, hits[False][1])
-
-
 def main(argv: list[str] | None = None) -> None:
     from unreid.config import load_config
     from unreid.engine import load_model_from_checkpoint
@@ -61,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
     from unreid.pseudo_labels.camera import camera_standardize
     from unreid.pseudo_labels.matching import cross_camera_labels
-    from unreid.pseudo_labels.quality import cluster_report
+    from unreid.pseudo_labels.quality import cluster_report, nearest_neighbour_hits
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("config")

@@ -15,7 +15,7 @@ and reports, for two cameras:
 Ground-truth identities are used for this report only, never to make a label. Usage::
 
     unreid extract CONFIG --checkpoint runs/x/checkpoint_last.pth --split train --out train.npz
-    python benchmarks/matching_accuracy.py train.npz [--rho 0.0016] [--standardize]
+    python benchmarks/matching_accuracy.py train.npz [--rho 0.0016] [--standardize] [--k1 20 --eps 0.5]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("features", help=".npz written by `unreid extract --split train` (features, pids, camids)")
     ap.add_argument("--rho", type=float, default=None, help="rho-adaptive eps (default: DBSCAN eps 0.6)")
     ap.add_argument("--standardize", action="store_true", help="per-camera standardisation first")
+    ap.add_argument("--k1", type=int, default=30, help="Jaccard k1 (Cluster Contrast 30; CAP 20)")
+    ap.add_argument("--eps", type=float, default=0.6, help="DBSCAN eps (Cluster Contrast 0.6; CAP 0.5)")
     args = ap.parse_args(argv)
     data = np.load(args.features)
     feats = F.normalize(torch.as_tensor(data["features"], dtype=torch.float32), dim=1)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     cameras = np.unique(cams)
     if len(cameras) != 2:
         raise SystemExit(f"{args.features}: this report is for two cameras, found {len(cameras)}")
-    per_camera = cluster_each_camera(feats, cams, PseudoLabelConfig(rho=args.rho))
+    per_camera = cluster_each_camera(feats, cams, PseudoLabelConfig(rho=args.rho, k1=args.k1, eps=args.eps))
     for c in cameras:
         if per_camera.get(int(c), (None, None))[1] is None:
             raise SystemExit(f"{args.features}: camera {c} formed no cluster; nothing to match")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     sim = (a["centroids"] @ b["centroids"].T).numpy()
     ab, ba = sim.argmax(1), sim.argmax(0)
     mutual = [(i, int(ab[i])) for i in range(len(ab)) if ba[ab[i]] == i]
-    print(f"{args.features}: standardize={args.standardize} rho={args.rho}")
+    print(f"{args.features}: standardize={args.standardize} rho={args.rho} k1={args.k1} eps={args.eps}")
     for c, g in zip(cameras, (a, b)):
         print(f"camera {c}: {len(g['size'])} clusters, mean size {g['size'].mean():.1f}, "
               f"purity {g['hits'].sum() / g['size'].sum():.3f}, eps {g['eps']:.4f}")

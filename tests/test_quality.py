@@ -72,3 +72,27 @@ def test_bad_inputs():
         cluster_report(np.zeros(4, int), camids=np.zeros(5, int))
     with pytest.raises(ValueError, match="1 are negative"):
         cluster_report(np.zeros(4, int), gt=np.array([0, 1, -1, 2]))
+
+
+def test_nearest_neighbour_hits_by_hand():
+    from unreid.pseudo_labels import nearest_neighbour_hits
+
+    # camera 0: images 0, 1 (identity 0) and 2 (identity 1); camera 1: 3 (identity 0), 4 (identity 1).
+    feats = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
+    cams = np.array([0, 0, 0, 1, 1])
+    gt = np.array([0, 0, 1, 0, 1])
+    same, other = nearest_neighbour_hits(feats, cams, gt, block=2)  # blocks cross the rows
+    # same camera: 0 -> 1 hit, 1 -> 0 hit, 2 -> 1 (identity 0) miss, 3 -> 4 miss, 4 -> 3 miss
+    assert same == pytest.approx(2 / 5)
+    # other camera: 0 -> 4 miss, 1 -> 4 miss, 2 -> 3 miss, 3 -> 2 miss, 4 -> 0 miss
+    assert other == 0.0
+    # one more camera-1 image (5) of identity 0 right beside image 0: 0 -> 5 and 5 -> 0 become hits;
+    # 1 stays nearer to 4 (cosine 0.998 against 0.995), 2 -> 3, 3 -> 2, 4 -> 0 still miss
+    feats2 = np.vstack([feats, [[0.99, 0.01]]])
+    _, other2 = nearest_neighbour_hits(feats2, np.append(cams, 1), np.append(gt, 0))
+    assert other2 == pytest.approx(2 / 6)
+    # an image alone in its camera has no same-camera neighbour and counts for neither rate there
+    s3, _ = nearest_neighbour_hits(feats[:4], np.array([0, 0, 0, 1]), gt[:4])
+    assert s3 == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="one row per image"):
+        nearest_neighbour_hits(feats, cams[:4], gt)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from unreid.config import PseudoLabelConfig
 from unreid.pseudo_labels.base import PseudoLabels
-from unreid.pseudo_labels.quality import cluster_report
+from unreid.pseudo_labels.quality import cluster_report, nearest_neighbour_hits
 
 log = logging.getLogger("unreid")
 
@@ -220,4 +220,4 @@ class PseudoLabeler:
         return _dbscan_graph(n, *graph, eps, self.cfg.min_samples)
 
 
-__all__ = ["NoClustersError", "PseudoLabeler", "PseudoLabels", "check_features", "cluster_report"]
+__all__ = ["NoClustersError", "PseudoLabeler", "PseudoLabels", "check_features", "cluster_report", "nearest_neighbour_hits"]

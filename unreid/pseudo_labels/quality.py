@@ -101,3 +101,45 @@ def cluster_report(labels: np.ndarray, camids: np.ndarray | None = None, gt: np.
         rep["pairwise_recall"] = float(r)
         rep["pairwise_f"] = float(2 * p * r / (p + r)) if p + r else 0.0
     return rep
+
+
+def nearest_neighbour_hits(features, camids: np.ndarray, gt: np.ndarray, block: int = 2048) -> tuple[float, float]:
+    """Within a camera or across cameras: how often an image's nearest neighbour is the same identity.
+
+    For every image, its nearest neighbour by cosine similarity (itself excluded) among the images of
+    its *own* camera, and among the images of the *other* cameras; a hit when that neighbour has the
+    same identity. A model that separates identities only within a camera scores high on the first
+    and low on the second. Ground truth: **a report, never a label** (``benchmarks/camera_gap.py``,
+    ``benchmarks/camera_nn.py``).
+
+    Args:
+        features: ``(N, d)`` float features (tensor or array; L2-normalised here).
+        camids: ``(N,) int`` camera ids.
+        gt: ``(N,) int`` true identities.
+        block: rows of the ``(block, N)`` similarity block computed at a time (memory bound).
+
+    Returns:
+        ``(same_camera_rate, other_camera_rate)`` in [0, 1], each over the images that have such a
+        neighbour (an image alone in its camera counts for neither rate; 0.0 where no image has one).
+
+    Raises:
+        ValueError: ``features``, ``camids`` and ``gt`` disagree in length.
+    """
+    import torch
+
+    f = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=1)
+    c, g = torch.as_tensor(np.asarray(camids)), torch.as_tensor(np.asarray(gt))
+    if not len(f) == len(c) == len(g):
+        raise ValueError(f"features ({len(f)}), camids ({len(c)}) and gt ({len(g)}) must have one row per image")
+    hits = {True: [0, 0], False: [0, 0]}
+    for s in range(0, len(f), block):
+        sim = f[s:s + block] @ f.T
+        rows = torch.arange(sim.shape[0])
+        sim[rows, rows + s] = float("-inf")  # not itself
+        same = c[s:s + block, None] == c[None, :]
+        for want in (True, False):
+            best, arg = sim.masked_fill(same != want, float("-inf")).max(1)
+            ok = torch.isfinite(best)
+            hits[want][0] += int((g[arg] == g[s:s + block])[ok].sum())
+            hits[want][1] += int(ok.sum())
+    return hits[True][0] / max(1, hits[True][1]), hits[False][0] / max(1, hits[False][1])
