@@ -120,7 +120,8 @@ def nearest_neighbour_hits(features, camids: np.ndarray, gt: np.ndarray, block: 
 
     Returns:
         ``(same_camera_rate, other_camera_rate)`` in [0, 1], each over the images that have such a
-        neighbour (an image alone in its camera counts for neither rate; 0.0 where no image has one).
+        neighbour (an image alone in its camera is left out of the same-camera rate, and all images
+        of a single-camera set out of the other-camera rate; 0.0 where no image has one).
 
     Raises:
         ValueError: ``features``, ``camids`` and ``gt`` disagree in length.
