@@ -13,13 +13,14 @@ from unreid.engine.checkpoint import load_checkpoint
 
 def test_resume_continues_exactly(synthetic_root, tmp_path):
     full = tmp_path / "full"
-    cfg = load_config(None, tiny_overrides(synthetic_root, full, **{"optim.epochs": 2}))
+    small = {"data.batch_size": 8}  # the tiny set can leave 3 clusters at epoch 1: one batch of 8 still fits
+    cfg = load_config(None, tiny_overrides(synthetic_root, full, **{"optim.epochs": 2, **small}))
     Trainer(cfg).train()
 
     part = tmp_path / "part"
-    cfg1 = load_config(None, tiny_overrides(synthetic_root, part, **{"optim.epochs": 1}))
+    cfg1 = load_config(None, tiny_overrides(synthetic_root, part, **{"optim.epochs": 1, **small}))
     Trainer(cfg1).train()
-    cfg2 = load_config(None, tiny_overrides(synthetic_root, part, **{"optim.epochs": 2}))
+    cfg2 = load_config(None, tiny_overrides(synthetic_root, part, **{"optim.epochs": 2, **small}))
     Trainer(cfg2, resume=True).train()
 
     a = load_checkpoint(full / "checkpoint_last.pth")
@@ -59,3 +60,22 @@ def test_supervised_mode_is_marked_everywhere(synthetic_root, tmp_path):
     cfg_u = load_config(None, tiny_overrides(synthetic_root, trainer.output_dir, **{"optim.epochs": 2}))
     with pytest.raises(ValueError, match="supervised"):
         Trainer(cfg_u, resume=True)
+
+
+def test_training_does_not_depend_on_the_evaluation_schedule(synthetic_root, tmp_path):
+    """Evaluating after every epoch or only after the last gives the same model: evaluation draws
+    nothing from the training's random streams (each DataLoader iterator draws a seed from torch's
+    global generator, which would shift every later augmentation draw)."""
+    every = tmp_path / "every"
+    small = {"data.batch_size": 8}  # the tiny set can leave 3 clusters at epoch 1: one batch of 8 still fits
+    Trainer(load_config(None, tiny_overrides(synthetic_root, every, **{"eval.every": 1, **small}))).train()
+    last = tmp_path / "last"
+    Trainer(load_config(None, tiny_overrides(synthetic_root, last, **{"eval.every": 2, **small}))).train()
+    assert [r["epoch"] for r in metrics_rows(every) if "test" in r] == [-1, 0, 1]
+    assert [r["epoch"] for r in metrics_rows(last) if "test" in r] == [-1, 1]
+    a = load_checkpoint(every / "checkpoint_last.pth")
+    b = load_checkpoint(last / "checkpoint_last.pth")
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert metrics_rows(every)[-1]["losses"] == metrics_rows(last)[-1]["losses"]
+    assert metrics_rows(every)[-1]["test"]["mAP"] == metrics_rows(last)[-1]["test"]["mAP"]

@@ -26,3 +26,22 @@ def forked_seed(seed: int, cuda_devices: Sequence[int] = ()) -> Iterator[None]:
             with torch.cuda.device(idx):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+@contextmanager
+def preserved_rng(device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block and then put torch's random streams back as they were: the CPU generator and,
+    for a CUDA ``device``, that device's generator (``torch.random.fork_rng``).
+
+    For work that must not shift a training run's random draws, such as evaluation: every
+    ``DataLoader`` iterator draws its base seed from torch's global generator, even with
+    ``shuffle=False`` and no workers, so an evaluation would otherwise change every later
+    augmentation draw, and with it the run, depending on how often it evaluates.
+
+    Args:
+        device: the device the block computes on (``None`` or a CPU device: the CPU generator only).
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield

@@ -336,10 +336,18 @@ class Trainer:
         return {k: v / iters for k, v in sums.items()}
 
     def evaluate(self, query: list[Sample] | None = None, gallery: list[Sample] | None = None) -> dict[str, float]:
-        """Query/gallery evaluation with ``cfg.eval.protocol`` (percentages: mAP, mINP, rank1/5/10)."""
+        """Query/gallery evaluation with ``cfg.eval.protocol`` (percentages: mAP, mINP, rank1/5/10).
+
+        Draws nothing from the run's random streams (:func:`unreid.rng.preserved_rng`), so a run trains
+        the same model whatever ``eval.every`` is.
+        """
+        from unreid.rng import preserved_rng
+
         query = list(self.data.query) if query is None else query
         gallery = list(self.data.gallery) if gallery is None else gallery
-        return evaluate_model(self.model, query, gallery, self.cfg, self.device, cache=self.cache, amp=self.use_amp)
+        with preserved_rng(self.device):
+            return evaluate_model(self.model, query, gallery, self.cfg, self.device, cache=self.cache,
+                                  amp=self.use_amp)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
