@@ -112,6 +112,9 @@ class PseudoLabelConfig:
     infomap_min_size: int = 5  #: clusters smaller than this become outliers (CC: size <= 4)
     #: what to do when every sample is an outlier: "stop" (raise) | "keep" (reuse the previous labels)
     on_no_clusters: str = "stop"
+    #: the outliers of an epoch: "drop" (left out of the epoch, Cluster Contrast) | "singleton" (each a
+    #: class of its own, SpCL's un-clustered instances, Ge et al. NeurIPS 2020; PseudoLabels.with_singletons)
+    outliers: str = "drop"
 
 
 @dataclass
@@ -219,6 +222,7 @@ _CHOICES = {
     "pseudo_labels.cluster": {"dbscan", "infomap"},
     "pseudo_labels.knn": {"exact", "faiss", "hnsw", "pca"},
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
+    "pseudo_labels.outliers": {"drop", "singleton"},
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},

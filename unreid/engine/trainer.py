@@ -269,7 +269,8 @@ class Trainer:
                     f"raise pseudo_labels.eps or lower pseudo_labels.min_samples, or set "
                     f"pseudo_labels.on_no_clusters=keep to reuse the previous labels."
                 ) from err
-        report = cluster_report(labels.labels, camids=self.method.camids, gt=self._gt_report)
+        # the clustering itself: outliers kept as singleton classes (pseudo_labels.outliers) count as outliers
+        report = cluster_report(labels.cluster_labels, camids=self.method.camids, gt=self._gt_report)
         # method-specific extras (proxy counts, matching statistics) that the labeller put in its report
         report.update({k: v for k, v in labels.report.items() if k not in report and not k.startswith("time")})
         report["eps"] = labels.eps
@@ -279,9 +280,10 @@ class Trainer:
         q = ", ".join(f"{k} {report[k]:.3f}" for k in ("nmi", "ari", "pairwise_precision", "pairwise_recall")
                       if report.get(k) is not None)
         proxies = f", {report['num_proxies']} camera proxies" if "num_proxies" in report else ""
+        kept = " trained as singleton classes" if labels.num_singletons else ""
         log.info(
-            "epoch %d [%s] pseudo-labels: %d clusters, %d outliers (%.1f%%), cross-camera clusters %.1f%%%s%s",
-            epoch, self.mode, report["num_clusters"], report["num_outliers"], 100 * report["outlier_ratio"],
+            "epoch %d [%s] pseudo-labels: %d clusters, %d outliers (%.1f%%)%s, cross-camera clusters %.1f%%%s%s",
+            epoch, self.mode, report["num_clusters"], report["num_outliers"], 100 * report["outlier_ratio"], kept,
             100 * (report.get("cross_camera_ratio") or 0.0), proxies,
             f"; vs ground truth (report only): {q}" if q else "",
         )

@@ -104,8 +104,12 @@ class Method:
         """Make this epoch's labels from ``features`` ``(N, d) float32, L2-normalised``, rebuild memories.
 
         Subclasses call ``super().refresh`` (or :meth:`set_labels`) and then build their memories.
+        With ``pseudo_labels.outliers=singleton`` the returned labels hold every outlier as a class of
+        its own (:meth:`PseudoLabels.with_singletons`); ``labels.cluster_labels`` is the clustering.
         """
         labels = self.pseudo_label(epoch, features)
+        if self.cfg.pseudo_labels.outliers == "singleton" and labels.source == "clustering":
+            labels = labels.with_singletons()
         self.set_labels(labels)
         self.build_camera_proxies(features, labels)
         return labels
@@ -190,7 +194,8 @@ class Method:
     def state_dict(self) -> dict[str, Any]:
         """Memories and labels, so that a resumed run continues exactly."""
         state: dict[str, Any] = {"labels": None if self.labels is None else self.labels.labels.copy(),
-                                 "num_clusters": None if self.labels is None else self.labels.num_clusters}
+                                 "num_clusters": None if self.labels is None else self.labels.num_clusters,
+                                 "num_singletons": 0 if self.labels is None else self.labels.num_singletons}
         pm = getattr(self, "proxy_memory", None)
         if pm is not None:
             state["proxy_memory"] = pm.state_dict()
@@ -198,7 +203,8 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("labels") is not None:
-            self.set_labels(PseudoLabels(state["labels"], int(state["num_clusters"])))
+            self.set_labels(PseudoLabels(state["labels"], int(state["num_clusters"]),
+                                         num_singletons=int(state.get("num_singletons", 0))))
         if state.get("proxy_memory") is not None:
             from unreid.memory.proxy import CameraProxyMemory
 
