@@ -115,6 +115,10 @@ class PseudoLabelConfig:
     #: the outliers of an epoch: "drop" (left out of the epoch, Cluster Contrast) | "singleton" (each a
     #: class of its own, SpCL's un-clustered instances, Ge et al. NeurIPS 2020; PseudoLabels.with_singletons)
     outliers: str = "drop"
+    #: > 0: append horizontal-stripe HSV histograms, standardised per camera, with this weight to the
+    #: features the pseudo-labeller sees (unreid.pseudo_labels.colour; 1 = equal say). 0 = off (the published
+    #: methods). Memories, losses and evaluation use the network features alone.
+    colour_weight: float = 0.0
 
 
 @dataclass
@@ -268,6 +272,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"pseudo_labels.min_samples must be >= 1, got {p.min_samples}")
     if p.rho is not None and not 0.0 < p.rho < 1.0:
         raise ConfigError(f"pseudo_labels.rho must be in (0, 1), got {p.rho}")
+    if p.colour_weight < 0:
+        raise ConfigError(f"pseudo_labels.colour_weight must be >= 0 (0 = off), got {p.colour_weight}")
     if p.knn_block < 1 or p.hnsw_m < 2 or p.pca_dim < 1 or p.pca_oversample < 1.0:
         raise ConfigError(
             f"pseudo_labels: need knn_block >= 1, hnsw_m >= 2, pca_dim >= 1, pca_oversample >= 1 (got "

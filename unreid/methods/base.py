@@ -75,6 +75,8 @@ class Method:
         self.proxy_memory = None
         #: per-sample pseudo-label lookup on ``device``: ``(N,) int64``, -1 for outliers
         self.index_to_label: Tensor | None = None
+        #: colour-stripe histograms of the training images (``pseudo_labels.colour_weight``), made once
+        self._colour: Tensor | None = None
 
     # ------------------------------------------------------------------ pseudo-labels
     def pseudo_label(self, epoch: int, features: Tensor) -> PseudoLabels:
@@ -89,6 +91,8 @@ class Method:
             from unreid.pseudo_labels.camera import camera_standardize
 
             features = camera_standardize(features, self.camids)
+        if self.cfg.pseudo_labels.colour_weight > 0:
+            features = self.with_colour(features)
         if cam.neighbourhood == "ca_jaccard":
             from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
 
@@ -99,6 +103,17 @@ class Method:
 
             return cross_camera_labels(features, self.camids, self.cfg.pseudo_labels)
         return PseudoLabeler(self.cfg.pseudo_labels).fit(features, camids=self.camids)
+
+    def with_colour(self, features: Tensor) -> Tensor:
+        """``features`` ``(N, d)`` with the training images' colour-stripe histograms appended
+        (``pseudo_labels.colour_weight``; :func:`unreid.pseudo_labels.colour.append_colour`). The
+        histograms are computed once, on the first call, from the image files at the input size."""
+        from unreid.pseudo_labels.colour import append_colour, load_colour_histograms
+
+        if self._colour is None:
+            size = (self.cfg.data.height, self.cfg.data.width)
+            self._colour = load_colour_histograms([s.path for s in self.train_set], size)
+        return append_colour(features, self._colour, self.camids, self.cfg.pseudo_labels.colour_weight)
 
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
         """Make this epoch's labels from ``features`` ``(N, d) float32, L2-normalised``, rebuild memories.
