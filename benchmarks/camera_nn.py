@@ -9,6 +9,11 @@ this report only. Usage::
 
     unreid extract CONFIG --checkpoint runs/x/checkpoint_last.pth --split gallery --out x_gallery.npz
     python benchmarks/camera_nn.py x_gallery.npz y_gallery.npz ...
+    python benchmarks/camera_nn.py x_train.npz --colour 128x64   # also with the colour prior appended
+
+``--colour HxW`` adds a row per file for the features the pseudo-labeller sees with
+``pseudo_labels.colour_weight=1``: the colour-stripe histograms of the images (read from the paths
+in the file, resized to H x W) appended by :func:`unreid.pseudo_labels.colour.append_colour`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,16 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("features", nargs="+", help=".npz files written by `unreid extract` (features, pids, camids)")
+    ap.add_argument("--colour", metavar="HxW", default=None,
+                    help="also report the features with the colour prior appended (images resized to HxW)")
     args = ap.parse_args(argv)
+    size = None
+    if args.colour:
+        try:
+            size = tuple(int(v) for v in args.colour.lower().split("x"))
+            assert len(size) == 2 and min(size) > 0
+        except (ValueError, AssertionError):
+            raise SystemExit(f"--colour expects HxW in pixels, e.g. 128x64, got {args.colour!r}") from None
     print("| features | images | cameras | same-camera NN same identity % | other-camera NN same identity % "
           "| other-camera, standardised % |")
     print("|---|---|---|---|---|---|")
@@ -41,6 +55,14 @@ def main(argv: list[str] | None = None) -> None:
             torch.nn.functional.normalize(feats, dim=1), cams), cams, pids)
         print(f"| {path} | {len(feats)} | {len(np.unique(cams))} | {100 * same:.1f} | {100 * other:.1f} "
               f"| {100 * other_std:.1f} |")
+        if size is not None:
+            from unreid.pseudo_labels.colour import append_colour, load_colour_histograms
+
+            colour = load_colour_histograms([str(p) for p in data["paths"]], size)
+            with_colour = append_colour(feats, colour, cams, 1.0)
+            same, other = nearest_neighbour_hits(with_colour, cams, pids)
+            print(f"| {path} + colour prior | {len(feats)} | {len(np.unique(cams))} | {100 * same:.1f} "
+                  f"| {100 * other:.1f} | – |")
 
 
 if __name__ == "__main__":

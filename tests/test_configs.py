@@ -36,3 +36,12 @@ def test_cluster_contrast_recipe_values():
     assert (v.data.height, v.data.width, v.optim.iters) == (224, 224, 400)
     cpu = load_config(root / "cuhk03_detected_cpu.yaml", ["optim.epochs=2"])
     assert cpu.model.backbone == "efficientnet_lite0" and cpu.optim.epochs == 2
+
+
+def test_colour_config_is_the_cap_clustering_variant_plus_colour():
+    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
+    base = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering.yaml")
+    colour = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour.yaml")
+    assert (base.pseudo_labels.colour_weight, colour.pseudo_labels.colour_weight) == (0.0, 1.0)
+    assert (colour.pseudo_labels.k1, colour.pseudo_labels.eps, colour.model.camera_bn) == (20, 0.5, True)
+    assert colour.method.camera == base.method.camera and colour.optim == base.optim
