@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.colour:
         try:
             size = tuple(int(v) for v in args.colour.lower().split("x"))
-            assert len(size) == 2 and min(size) > 0
-        except (ValueError, AssertionError):
-            raise SystemExit(f"--colour expects HxW in pixels, e.g. 128x64, got {args.colour!r}") from None
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise SystemExit(f"--colour expects HxW in pixels, e.g. 128x64, got {args.colour!r}")
     print("| features | images | cameras | same-camera NN same identity % | other-camera NN same identity % "
           "| other-camera, standardised % |")
     print("|---|---|---|---|---|---|")

@@ -10,8 +10,9 @@ import torch
 
 from tests.conftest import metrics_rows, tiny_overrides
 from unreid.config import ConfigError, load_config
+from unreid.data.loader import ImageCache
 from unreid.engine import Trainer
-from unreid.pseudo_labels.colour import append_colour, colour_stripe_histograms
+from unreid.pseudo_labels.colour import append_colour, colour_stripe_histograms, load_colour_histograms
 
 
 def _two_colour_image(top, bottom, h=8, w=2):
@@ -44,6 +45,25 @@ def test_histograms_bad_input():
         colour_stripe_histograms(torch.zeros(1, 3, 8, 2))
     with pytest.raises(ValueError, match="stripes"):
         colour_stripe_histograms(torch.zeros(1, 3, 4, 2, dtype=torch.uint8), stripes=8)
+
+
+def test_loading_reads_the_cache_and_survives_an_unreadable_file(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i, (top, bottom) in enumerate((((255, 0, 0), (0, 0, 255)), ((0, 255, 0), (255, 255, 0)))):
+        img = _two_colour_image(top, bottom, h=32, w=16).permute(1, 2, 0).numpy()
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    from_files = load_colour_histograms(paths + [str(broken)], (16, 8))
+    from_cache = load_colour_histograms(paths + [str(broken)], (16, 8), cache=ImageCache(paths, (16, 8)))
+    assert from_files.shape == (3, 8 * 128) and torch.equal(from_files, from_cache)
+    # the unreadable file is a black stand-in, as in training: all pixels in the bin of black (code 0)
+    black = colour_stripe_histograms(torch.zeros(1, 3, 16, 8, dtype=torch.uint8))
+    assert torch.equal(from_files[2:], black)
+    assert float(from_files[0] @ from_files[1]) < 0.5  # two different images stay different
 
 
 def test_append_colour_removes_a_camera_colour_cast():
@@ -83,6 +103,7 @@ def test_colour_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path):
     trainer.method.pseudo_label = spy
     trainer.train()
     assert trainer.method._colour is not None and trainer.method._colour.shape[0] == len(trainer.method.train_set)
+    assert trainer.cache is not None and trainer.method.image_cache is trainer.cache  # decoded once, shared
     # the memory is built from the network features, not from the features with colour appended
     assert trainer.method.memory.features.shape[1] == seen["d"] == trainer.model.feature_dim
     assert metrics_rows(out)[-1]["pseudo_labels"]["num_clusters"] >= 1

@@ -193,6 +193,7 @@ class Trainer:
             supervised_labels=gt if self.supervised else None,
             device=self.device,
         )
+        self.method.image_cache = self.cache  # decoded once, shared with the method's image statistics
         params = [p for p in self.model.parameters() if p.requires_grad] + self.method.extra_parameters()
         o = cfg.optim
         if o.optimizer == "adam":

@@ -77,6 +77,9 @@ class Method:
         self.index_to_label: Tensor | None = None
         #: colour-stripe histograms of the training images (``pseudo_labels.colour_weight``), made once
         self._colour: Tensor | None = None
+        #: decoded training images (:class:`unreid.data.loader.ImageCache`) the trainer shares, if any;
+        #: the colour histograms read from it instead of decoding the files again
+        self.image_cache: Any = None
 
     # ------------------------------------------------------------------ pseudo-labels
     def pseudo_label(self, epoch: int, features: Tensor) -> PseudoLabels:
@@ -107,12 +110,13 @@ class Method:
     def with_colour(self, features: Tensor) -> Tensor:
         """``features`` ``(N, d)`` with the training images' colour-stripe histograms appended
         (``pseudo_labels.colour_weight``; :func:`unreid.pseudo_labels.colour.append_colour`). The
-        histograms are computed once, on the first call, from the image files at the input size."""
+        histograms are computed once, on the first call, at the input size (from :attr:`image_cache`
+        when the trainer shares one, else from the files)."""
         from unreid.pseudo_labels.colour import append_colour, load_colour_histograms
 
         if self._colour is None:
             size = (self.cfg.data.height, self.cfg.data.width)
-            self._colour = load_colour_histograms([s.path for s in self.train_set], size)
+            self._colour = load_colour_histograms([s.path for s in self.train_set], size, cache=self.image_cache)
         return append_colour(features, self._colour, self.camids, self.cfg.pseudo_labels.colour_weight)
 
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:

@@ -64,9 +64,9 @@ class PseudoLabels:
         out = self.labels.copy()
         idx = np.flatnonzero(out < 0)
         out[idx] = self.num_clusters + np.arange(idx.size)
-        report = dict(self.report, num_singletons=int(self.num_singletons + idx.size))
-        return PseudoLabels(out, self.num_clusters + int(idx.size), report=report, eps=self.eps,
-                            source=self.source, num_singletons=self.num_singletons + int(idx.size))
+        singletons = self.num_singletons + int(idx.size)
+        return PseudoLabels(out, self.num_clusters + int(idx.size), report=dict(self.report, num_singletons=singletons),
+                            eps=self.eps, source=self.source, num_singletons=singletons)
 
     @property
     def num_outliers(self) -> int:

@@ -18,6 +18,7 @@ the memories, the losses and the evaluation use the network features alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,18 +71,27 @@ def colour_stripe_histograms(images: Tensor, stripes: int = STRIPES,
     return F.normalize(torch.from_numpy(out), dim=1)
 
 
-def load_colour_histograms(paths: Sequence[str], size: tuple[int, int], batch: int = 256) -> Tensor:
+def load_colour_histograms(paths: Sequence[str], size: tuple[int, int], cache: Any = None,
+                           batch: int = 256) -> Tensor:
     """:func:`colour_stripe_histograms` of image files, resized to ``size = (H, W)`` as the network input is.
 
-    Raises:
-        OSError: an unreadable file (from :func:`unreid.data.loader.read_image`).
-    """
-    from unreid.data.loader import _resize, read_image
+    Images are loaded as every other stage loads them (:class:`unreid.data.loader.ReIDImageDataset`):
+    from ``cache`` (an :class:`unreid.data.loader.ImageCache`, e.g. the trainer's, whose images are
+    already at the input size) when it holds the path, else decoded from disk; an unreadable file is
+    logged once and stands in as a black image, as in training and evaluation.
 
+    Returns:
+        ``(len(paths), STRIPES * prod(HSV_BINS)) float32``, rows L2-normalised.
+    """
+    from unreid.data.datasets.base import Sample
+    from unreid.data.loader import ReIDImageDataset, _resize
+
+    images = ReIDImageDataset([Sample(str(p), -1, -1) for p in paths], lambda img: _resize(img, size),
+                              cache=cache, size=size)
     parts = []
-    for start in range(0, len(paths), batch):
-        imgs = torch.stack([_resize(read_image(p), size) for p in paths[start:start + batch]])
-        parts.append(colour_stripe_histograms(imgs))
+    for start in range(0, len(images), batch):
+        rows = range(start, min(start + batch, len(images)))
+        parts.append(colour_stripe_histograms(torch.stack([images[i]["img"] for i in rows])))
     return torch.cat(parts) if parts else torch.zeros(0, STRIPES * int(np.prod(HSV_BINS)))
 
 
