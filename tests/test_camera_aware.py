@@ -66,6 +66,18 @@ def test_camera_aware_run_reports_proxies_and_cross_camera_ratio(synthetic_root,
     assert train_rows[1]["losses"]["inter_camera"] > 0.0
 
 
+def test_o2cap_losses_run_through_the_engine(synthetic_root, tmp_path):
+    # the released O2CAP settings: no intra-camera loss, offline + online association from epoch 0
+    _, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run", **{
+        "method.camera.intra_weight": 0.0, "method.camera.inter_weight": 1.0,
+        "method.camera.online_weight": 1.0, "method.camera.inter_start_epoch": 0,
+        "method.camera.method_loss_weight": 0.0})
+    for r in train_rows:
+        losses = r["losses"]
+        assert losses["intra_camera"] == 0.0 and losses["inter_camera"] > 0 and losses["online_camera"] > 0
+        assert losses["loss"] == pytest.approx(losses["inter_camera"] + losses["online_camera"], rel=1e-4)
+
+
 def test_cross_camera_matching_run_merges_clusters_across_cameras(synthetic_root, tmp_path):
     cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
         "optim.epochs": 1, "optim.iters": 1, "method.camera.matching": True,

@@ -71,11 +71,62 @@ def test_gradients_reach_features_not_memory_and_outliers_rejected():
     before = mem.memory.clone()
     f = torch.randn(3, 2, requires_grad=True)
     out = mem.losses(f, torch.tensor([0, 1, 3]))
+    assert out["online_camera"].item() == 0.0  # off unless online_weight > 0 (CAP)
     (out["intra_camera"] + out["inter_camera"]).backward()
     assert f.grad is not None and f.grad.abs().sum() > 0
     assert not mem.memory.requires_grad and torch.equal(mem.memory, before)
     with pytest.raises(ValueError, match="outliers"):
         mem.losses(f, torch.tensor([0, 1, 6]))
+
+
+def _online_by_hand(mem, feats, idx, tau, k, w, pos_k):
+    """O2CAP's online association loss written out sample by sample (o2cap.py, per-sample loop)."""
+    m = mem.memory
+    per_cam = {}
+    cams = sorted(set(mem.proxy_cam.tolist()))
+    for f, i in zip(F.normalize(feats, dim=1), idx.tolist()):
+        p = int(mem.sample_proxy[i])
+        s = [float(f @ m[j]) / tau for j in range(len(m))]
+        sigma = [w * float(f @ m[j]) + (1 - w) * float(m[p] @ m[j]) for j in range(len(m))]
+        tops = [max((j for j in range(len(m)) if int(mem.proxy_cam[j]) == c), key=lambda j: sigma[j])
+                for c in cams]
+        pos = sorted(tops, key=lambda j: -sigma[j])[:min(pos_k, len(cams))]
+        negs = sorted((j for j in range(len(m)) if j not in pos), key=lambda j: -sigma[j])[:k]
+        denom = math.log(sum(math.exp(s[j]) for j in pos + negs))
+        per_cam.setdefault(int(mem.proxy_cam[p]), []).append(sum(-(s[j] - denom) for j in pos) / len(pos))
+    return sum(sum(v) / len(v) for v in per_cam.values())
+
+
+@pytest.mark.parametrize("k, pos_k, w", [(1, 3, 0.15), (50, 3, 0.15), (2, 1, 0.15), (50, 2, 1.0)])
+def test_online_association_loss_matches_hand_computation(k, pos_k, w):
+    mem = CameraProxyMemory(temperature=0.5, num_hard_negatives=k, inter_weight=1.0, intra_weight=0.0,
+                            online_weight=2.0, online_balance=w, online_positives=pos_k)
+    mem.build(FEATS, LABELS, CAMS)
+    batch = torch.tensor([[0.9, 0.2], [0.1, 1.0], [0.7, 0.8], [-0.9, 0.1]])
+    idx = torch.tensor([0, 4, 2, 5])
+    out = mem.losses(batch, idx)
+    assert out["intra_camera"].item() == 0.0  # intra_weight 0 (the O2CAP code)
+    _, inter = _by_hand(mem, batch, idx, 0.5, k, 1.0)
+    assert out["inter_camera"].item() == pytest.approx(inter, rel=1e-5)
+    online = _online_by_hand(mem, batch, idx, 0.5, k, w, pos_k)
+    assert out["online_camera"].item() == pytest.approx(2.0 * online, rel=1e-5)
+    assert mem.losses(batch, idx, use_inter=False)["online_camera"].item() == 0.0
+
+
+def test_online_positives_are_each_cameras_best_proxy():
+    # sample 5 (id 2, camera 1, proxy 4 = [-1, 0]): its own proxy is camera 1's best; camera 0's best
+    # by 0.15 f.m + 0.85 m4.m is proxy 0 ([1, 0]: -1) or 2 ([s, s]: -0.71) -> proxy 2, a proxy of
+    # another pseudo-id, which the offline loss treats as a negative.
+    mem = CameraProxyMemory(temperature=0.5, num_hard_negatives=0, online_weight=1.0, online_positives=3)
+    mem.build(FEATS, LABELS, CAMS)
+    f = torch.tensor([[-1.0, 0.0]])
+    s = [float(F.normalize(f, dim=1)[0] @ mem.memory[j]) / 0.5 for j in (4, 2)]
+    expected = math.log(sum(math.exp(v) for v in s)) - sum(s) / 2  # two positives, no negatives
+    assert mem.losses(f, torch.tensor([5]))["online_camera"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="online_positives"):
+        CameraProxyMemory(online_positives=0)
+    with pytest.raises(ValueError, match="online_balance"):
+        CameraProxyMemory(online_balance=1.5)
 
 
 def test_per_sample_update_in_batch_order():

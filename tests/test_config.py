@@ -31,6 +31,9 @@ def test_overrides_and_yaml_inheritance(tmp_path):
         ("method.momentum=1.0", "method.momentum"),
         ("data.grayscale_patch_p=1.5", "data.grayscale_patch_p"),
         ("data.grayscale_p=-0.1", "data.grayscale_p"),
+        ("method.camera.online_balance=1.5", "method.camera.online_balance"),
+        ("method.camera.online_positives=0", "method.camera.online_positives"),
+        ("method.camera.intra_weight=-1", "intra_weight"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

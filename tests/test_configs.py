@@ -45,3 +45,16 @@ def test_colour_config_is_the_cap_clustering_variant_plus_colour():
     assert (base.pseudo_labels.colour_weight, colour.pseudo_labels.colour_weight) == (0.0, 1.0)
     assert (colour.pseudo_labels.k1, colour.pseudo_labels.eps, colour.model.camera_bn) == (20, 0.5, True)
     assert colour.method.camera == base.method.camera and colour.optim == base.optim
+
+
+def test_o2cap_config_is_the_colour_variant_with_o2caps_losses():
+    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
+    colour = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour.yaml")
+    o2cap = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_o2cap.yaml")
+    c = o2cap.method.camera
+    # the released O2CAP code: offline + online losses, weight 1, from epoch 0, no intra-camera loss
+    assert (c.intra_weight, c.inter_weight, c.online_weight, c.inter_start_epoch) == (0.0, 1.0, 1.0, 0)
+    assert (c.online_balance, c.online_positives, c.hard_negatives, c.proxy_temperature) == (0.15, 3, 50, 0.07)
+    assert colour.method.camera.online_weight == 0.0  # CAP's losses there
+    assert o2cap.pseudo_labels == colour.pseudo_labels and o2cap.model == colour.model
+    assert o2cap.optim == colour.optim and o2cap.data == colour.data

@@ -146,6 +146,12 @@ class CameraConfig:
     inter_weight: float = 0.5  #: CAP: 0.5 * inter-camera (association) loss
     inter_start_epoch: int = 5  #: CAP crosscam_epoch=5 (of 50 epochs)
     method_loss_weight: float = 1.0  #: weight of the method's own loss (e.g. ClusterNCE) beside the proxy losses
+    intra_weight: float = 1.0  #: CAP: 1 x intra-camera loss (the O2CAP code leaves it out: 0)
+    #: O2CAP online association loss (Wang et al., IEEE TIP 2022; Terminator8758/O2CAP
+    #: reid/models/o2cap.py): 0 = off (CAP); O2CAP: 1. On from inter_start_epoch, as the inter loss.
+    online_weight: float = 0.0
+    online_balance: float = 0.15  #: O2CAP balance_w: w * sample-proxy + (1 - w) * proxy-proxy similarity
+    online_positives: int = 3  #: O2CAP posK (capped at the number of cameras)
     #: camera-aware neighbourhoods for pseudo-labelling: "none" | "standardize" (per-camera feature
     #: standardisation before the k-reciprocal step, after camera-based BN, Zhuang et al. ECCV 2020)
     #: | "ca_jaccard" (camera-aware k-reciprocal neighbours and query expansion, Chen et al. CVPR 2024)
@@ -287,6 +293,14 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= m.hhcl.hard_weight <= 1.0:
         raise ConfigError(f"method.hhcl.hard_weight must be in [0, 1], got {m.hhcl.hard_weight}")
     c = m.camera
+    if min(c.intra_weight, c.inter_weight, c.online_weight, c.method_loss_weight) < 0:
+        raise ConfigError(
+            f"method.camera loss weights must be >= 0, got intra_weight={c.intra_weight}, inter_weight="
+            f"{c.inter_weight}, online_weight={c.online_weight}, method_loss_weight={c.method_loss_weight}")
+    if not 0.0 <= c.online_balance <= 1.0:
+        raise ConfigError(f"method.camera.online_balance must be in [0, 1], got {c.online_balance}")
+    if c.online_positives < 1:
+        raise ConfigError(f"method.camera.online_positives must be >= 1, got {c.online_positives}")
     if c.neighbourhood == "ca_jaccard":
         if c.matching:
             raise ConfigError("method.camera.neighbourhood=ca_jaccard needs every camera in one clustering; "

@@ -19,6 +19,20 @@ holds one L2-normalised vector per proxy, initialised from the proxy's mean feat
 Defaults from the reference ``train_cap.py`` / ``CamAwareMemory.py``: tau (``--inv_beta``) 0.07,
 momentum (``--inv_alpha``) 0.2, 50 hard negatives (``bg_knn``), inter weight 0.5, inter loss from
 epoch 5 (``crosscam_epoch``).
+
+* Online association loss (O2CAP: Wang et al., "Offline-Online Associated Camera-Aware Proxies for
+  Unsupervised Person Re-Identification", IEEE TIP 2022, Sec. III-C; reference code
+  Terminator8758/O2CAP ``reid/models/o2cap.py::get_proxy_cam_wise_nn_enhance_loss``, read to learn):
+  for a sample ``i`` with proxy ``y_i``, score every proxy ``k`` by
+  ``sigma_k = w * (f_i . m_k) + (1 - w) * (m_{y_i} . m_k)`` (``balance_w`` w = 0.15). Take the
+  best-scoring proxy of every camera, keep the ``posK`` = 3 best of those as positives (the sample's
+  own proxy is normally among them), and the ``bg_knn`` = 50 best-scoring other proxies as negatives;
+  the loss is ``-1/posK sum_{p in pos} log( exp(s_p) / sum_{k in pos u neg} exp(s_k) )``,
+  ``s = m . f / tau``, averaged per camera and summed over cameras (as the reference does).
+  Positives and negatives are chosen without gradient (the reference works on detached copies).
+  Deviation, named: with fewer cameras than ``posK`` the reference still spreads its soft target
+  over ``posK`` slots, so the last slot falls on the hardest *negative*; here ``posK`` is capped at
+  the number of cameras that hold proxies.
 """
 
 from __future__ import annotations
@@ -38,16 +52,37 @@ class CameraProxyMemory:
         temperature: tau of both losses (CAP: 0.07).
         momentum: per-sample update rate ``m <- mu*m + (1-mu)*f`` then renormalise (CAP: 0.2).
         num_hard_negatives: hard negative proxies of the inter-camera loss (CAP ``bg_knn``: 50).
-        inter_weight: weight of the inter-camera loss (CAP: 0.5).
+        inter_weight: weight of the inter-camera loss (CAP: 0.5; O2CAP code: 1).
         device: where the memory lives.
+        intra_weight: weight of the intra-camera loss (CAP: 1; the O2CAP code leaves it out: 0).
+        online_weight: weight of O2CAP's online association loss (0 = off, CAP; O2CAP code: 1).
+        online_balance: ``w`` of the online association score (O2CAP ``balance_w`` 0.15).
+        online_positives: ``posK``, positive proxies of the online loss (O2CAP ``posK`` 3), capped
+            at the number of cameras.
+
+    Raises:
+        ValueError: temperature <= 0, momentum outside [0, 1), a negative weight, ``online_balance``
+            outside [0, 1] or ``online_positives`` < 1.
     """
 
     def __init__(self, temperature: float = 0.07, momentum: float = 0.2, num_hard_negatives: int = 50,
-                 inter_weight: float = 0.5, device: torch.device | str = "cpu") -> None:
+                 inter_weight: float = 0.5, device: torch.device | str = "cpu", intra_weight: float = 1.0,
+                 online_weight: float = 0.0, online_balance: float = 0.15, online_positives: int = 3) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if min(inter_weight, intra_weight, online_weight) < 0:
+            raise ValueError(f"loss weights must be >= 0, got intra {intra_weight}, inter {inter_weight}, "
+                             f"online {online_weight}")
+        if not 0.0 <= online_balance <= 1.0:
+            raise ValueError(f"online_balance must be in [0, 1], got {online_balance}")
+        if online_positives < 1:
+            raise ValueError(f"online_positives must be >= 1, got {online_positives}")
+        self.intra_weight = intra_weight
+        self.online_weight = online_weight
+        self.online_balance = online_balance
+        self.online_positives = online_positives
         self.temperature = temperature
         self.momentum = momentum
         self.num_hard_negatives = num_hard_negatives
@@ -97,11 +132,16 @@ class CameraProxyMemory:
         Args:
             features: ``(B, d)`` model outputs (normalised here; gradients flow to them only).
             indices: ``(B,) int64`` dataset indices of the batch (clustered samples only).
-            use_inter: add the inter-camera term (CAP switches it on from ``crosscam_epoch``).
+            use_inter: add the cross-camera terms, inter-camera and (when ``online_weight`` > 0)
+                online association (CAP switches the former on from ``crosscam_epoch``).
 
         Returns:
-            ``{"intra_camera": scalar, "inter_camera": scalar}`` (the latter already weighted by
-            ``inter_weight``; zero when ``use_inter`` is false).
+            ``{"intra_camera": scalar, "inter_camera": scalar, "online_camera": scalar}``, each
+            already weighted (``intra_weight``, ``inter_weight``, ``online_weight``); the last two are
+            zero when ``use_inter`` is false.
+
+        Raises:
+            ValueError: a batch sample is an outlier (has no proxy).
         """
         proxy = self.sample_proxy[indices.to(self.device)]
         if (proxy < 0).any():
@@ -114,8 +154,11 @@ class CameraProxyMemory:
         same_cam = self.proxy_cam.unsqueeze(0) == cam.unsqueeze(1)
         intra_each = -(logits[torch.arange(len(f)), proxy] - torch.logsumexp(
             logits.masked_fill(~same_cam, float("-inf")), dim=1))
-        intra = _per_camera_mean_sum(intra_each, cam)
+        intra = self.intra_weight * _per_camera_mean_sum(intra_each, cam)
         inter = logits.new_zeros(())
+        online = logits.new_zeros(())
+        if use_inter and self.online_weight > 0:
+            online = self.online_weight * _per_camera_mean_sum(self._online_each(f, logits, proxy), cam)
         if use_inter:
             pos = self.proxy_label.unsqueeze(0) == label.unsqueeze(1)  # (B, P)
             neg_logits = logits.masked_fill(pos, float("-inf"))  # -inf entries add exp(-inf) = 0
@@ -127,7 +170,26 @@ class CameraProxyMemory:
             lse = torch.logsumexp(torch.cat(denom_terms, dim=1), dim=1)
             pos_mean = (logits * pos).sum(1) / pos.sum(1)
             inter = self.inter_weight * _per_camera_mean_sum(lse - pos_mean, cam)
-        return {"intra_camera": intra, "inter_camera": inter}
+        return {"intra_camera": intra, "inter_camera": inter, "online_camera": online}
+
+    def _online_each(self, f: Tensor, logits: Tensor, proxy: Tensor) -> Tensor:
+        """O2CAP's online association loss of each sample ``(B,)`` (see the module docstring)."""
+        with torch.no_grad():
+            mem = self.memory
+            score = (self.online_balance * (f.detach() @ mem.t())
+                     + (1.0 - self.online_balance) * (mem[proxy] @ mem.t()))  # (B, P)
+            cams = torch.unique(self.proxy_cam)
+            cam_masks = self.proxy_cam.unsqueeze(0) == cams.unsqueeze(1)  # (C, P)
+            per_cam = score.unsqueeze(1).masked_fill(~cam_masks.unsqueeze(0), float("-inf"))  # (B, C, P)
+            cam_best_score, cam_best = per_cam.max(dim=2)  # (B, C): best proxy of every camera
+            n_pos = min(self.online_positives, len(cams))
+            pos = cam_best.gather(1, cam_best_score.topk(n_pos, dim=1).indices)  # (B, n_pos)
+            neg_score = score.scatter(1, pos, float("-inf"))
+            n_neg = min(self.num_hard_negatives, self.num_proxies - n_pos)
+            neg = neg_score.topk(n_neg, dim=1).indices if n_neg > 0 else pos[:, :0]
+        pos_logits = logits.gather(1, pos)
+        lse = torch.logsumexp(torch.cat([pos_logits, logits.gather(1, neg)], dim=1), dim=1)
+        return lse - pos_logits.mean(1)
 
     @torch.no_grad()
     def update(self, features: Tensor, indices: Tensor) -> None:

@@ -141,12 +141,19 @@ class Method:
         if not cam.proxies:
             self.proxy_memory = None
             return
-        from unreid.memory.proxy import CameraProxyMemory
-
-        self.proxy_memory = CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives,
-                                              cam.inter_weight, device=self.device)
+        self.proxy_memory = self._new_proxy_memory()
         self.proxy_memory.build(features, labels.labels, self.camids)
         labels.report.update(self.proxy_memory.report())
+
+    def _new_proxy_memory(self):
+        """An empty :class:`~unreid.memory.proxy.CameraProxyMemory` with ``method.camera``'s settings."""
+        from unreid.memory.proxy import CameraProxyMemory
+
+        cam = self.cfg.method.camera
+        return CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives, cam.inter_weight,
+                                 device=self.device, intra_weight=cam.intra_weight,
+                                 online_weight=cam.online_weight, online_balance=cam.online_balance,
+                                 online_positives=cam.online_positives)
 
     def step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:
         """What the trainer calls: :meth:`training_step`, plus the camera-aware proxy losses when
@@ -163,7 +170,7 @@ class Method:
         feats = out.outputs["features"]
         terms = pm.losses(feats, batch["index"], use_inter=epoch >= cam.inter_start_epoch)
         losses = dict(out.losses)
-        losses["loss"] = cam.method_loss_weight * losses["loss"] + terms["intra_camera"] + terms["inter_camera"]
+        losses["loss"] = cam.method_loss_weight * losses["loss"] + sum(terms.values())
         losses.update({k: v.detach() for k, v in terms.items()})
         return StepOutput(losses, out.outputs)
 
@@ -225,11 +232,7 @@ class Method:
             self.set_labels(PseudoLabels(state["labels"], int(state["num_clusters"]),
                                          num_singletons=int(state.get("num_singletons", 0))))
         if state.get("proxy_memory") is not None:
-            from unreid.memory.proxy import CameraProxyMemory
-
-            cam = self.cfg.method.camera
-            self.proxy_memory = CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives,
-                                                  cam.inter_weight, device=self.device)
+            self.proxy_memory = self._new_proxy_memory()
             self.proxy_memory.load_state_dict(state["proxy_memory"])
 
 
