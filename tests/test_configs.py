@@ -1,5 +1,6 @@
 """Every shipped config loads, validates, and keeps the recipe values it documents."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,13 @@ def test_o2cap_config_is_the_colour_variant_with_o2caps_losses():
     assert colour.method.camera.online_weight == 0.0  # CAP's losses there
     assert o2cap.pseudo_labels == colour.pseudo_labels and o2cap.model == colour.model
     assert o2cap.optim == colour.optim and o2cap.data == colour.data
+
+
+def test_online_config_is_the_colour_variant_plus_the_online_loss():
+    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
+    colour = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour.yaml")
+    online = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_online.yaml")
+    assert online.method.camera == dataclasses.replace(colour.method.camera, online_weight=1.0)
+    assert (online.method.camera.intra_weight, online.method.camera.inter_start_epoch) == (1.0, 1)
+    assert online.pseudo_labels == colour.pseudo_labels and online.model == colour.model
+    assert online.optim == colour.optim and online.data == colour.data
