@@ -21,8 +21,9 @@ momentum (``--inv_alpha``) 0.2, 50 hard negatives (``bg_knn``), inter weight 0.5
 epoch 5 (``crosscam_epoch``).
 
 * Online association loss (O2CAP: Wang et al., "Offline-Online Associated Camera-Aware Proxies for
-  Unsupervised Person Re-Identification", IEEE TIP 2022, Sec. III-C; reference code
-  Terminator8758/O2CAP ``reid/models/o2cap.py::get_proxy_cam_wise_nn_enhance_loss``, read to learn):
+  Unsupervised Person Re-Identification", IEEE TIP 2022, its online association loss; the behaviour
+  follows the reference code Terminator8758/O2CAP
+  ``reid/models/o2cap.py::get_proxy_cam_wise_nn_enhance_loss``, read to learn):
   for a sample ``i`` with proxy ``y_i``, score every proxy ``k`` by
   ``sigma_k = w * (f_i . m_k) + (1 - w) * (m_{y_i} . m_k)`` (``balance_w`` w = 0.15). Take the
   best-scoring proxy of every camera, keep the ``posK`` = 3 best of those as positives (the sample's

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import Sampler
 from unreid.config import Config
 from unreid.data.datasets.base import Sample
 from unreid.pseudo_labels.base import PseudoLabels
+
+if TYPE_CHECKING:
+    from unreid.memory.proxy import CameraProxyMemory
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Method:
         self.proxy_memory.build(features, labels.labels, self.camids)
         labels.report.update(self.proxy_memory.report())
 
-    def _new_proxy_memory(self):
+    def _new_proxy_memory(self) -> CameraProxyMemory:
         """An empty :class:`~unreid.memory.proxy.CameraProxyMemory` with ``method.camera``'s settings."""
         from unreid.memory.proxy import CameraProxyMemory
 
