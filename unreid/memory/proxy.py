@@ -158,9 +158,9 @@ class CameraProxyMemory:
         intra = self.intra_weight * _per_camera_mean_sum(intra_each, cam)
         inter = logits.new_zeros(())
         online = logits.new_zeros(())
-        if use_inter and self.online_weight > 0:
-            online = self.online_weight * _per_camera_mean_sum(self._online_each(f, logits, proxy), cam)
         if use_inter:
+            if self.online_weight > 0:
+                online = self.online_weight * _per_camera_mean_sum(self._online_each(f, logits, proxy), cam)
             pos = self.proxy_label.unsqueeze(0) == label.unsqueeze(1)  # (B, P)
             neg_logits = logits.masked_fill(pos, float("-inf"))  # -inf entries add exp(-inf) = 0
             k = min(self.num_hard_negatives, int((~pos).sum(1).max()))

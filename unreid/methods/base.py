@@ -25,6 +25,7 @@ from unreid.data.datasets.base import Sample
 from unreid.pseudo_labels.base import PseudoLabels
 
 if TYPE_CHECKING:
+    from unreid.data.loader import ImageCache
     from unreid.memory.proxy import CameraProxyMemory
 
 
@@ -82,7 +83,7 @@ class Method:
         self._colour: Tensor | None = None
         #: decoded training images (:class:`unreid.data.loader.ImageCache`) the trainer shares, if any;
         #: the colour histograms read from it instead of decoding the files again
-        self.image_cache: Any = None
+        self.image_cache: ImageCache | None = None
 
     # ------------------------------------------------------------------ pseudo-labels
     def pseudo_label(self, epoch: int, features: Tensor) -> PseudoLabels:
