@@ -69,3 +69,13 @@ def test_online_config_is_the_colour_variant_plus_the_online_loss():
     assert (online.method.camera.intra_weight, online.method.camera.inter_start_epoch) == (1.0, 1)
     assert online.pseudo_labels == colour.pseudo_labels and online.model == colour.model
     assert online.optim == colour.optim and online.data == colour.data
+
+
+def test_proxy_sampler_config_is_the_online_variant_with_caps_sampler():
+    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
+    online = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_online.yaml")
+    proxy = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_online_proxy_sampler.yaml")
+    assert online.data.sampler == "camera_aware"
+    assert proxy.data == dataclasses.replace(online.data, sampler="proxy", num_instances=4)
+    assert proxy.method == online.method and proxy.pseudo_labels == online.pseudo_labels
+    assert proxy.model == online.model and proxy.optim == online.optim

@@ -88,7 +88,7 @@ def test_determinism_fresh_passes_and_global_rng_untouched():
     random.seed(123)
     torch.manual_seed(123)
     states = (np.random.get_state()[1].copy(), random.getstate(), torch.get_rng_state().clone())
-    for kind in ("camera_aware", "random_identity"):
+    for kind in ("camera_aware", "random_identity", "proxy"):
         a = build_sampler(LABELS, CAMS, 8, 2, kind, seed=7)
         b = build_sampler(LABELS, CAMS, 8, 2, kind, seed=7)
         passes_a = [list(a) for _ in range(5)]
@@ -129,6 +129,35 @@ def test_random_identity_batches():
     assert sorted(list(s1)) == [0, 0, 1, 1]
 
 
+def test_proxy_sampler_draws_k_images_of_every_camera_proxy():
+    # proxies (label, camera) of LABELS / CAMS and their sizes:
+    # (0,0) 2  (0,1) 1  (0,2) 1  (1,0) 3  (2,1) 1  (3,0) 2  (3,1) 4   - outliers 7 and 14 never drawn
+    proxies = {(0, 0): 2, (0, 1): 1, (0, 2): 1, (1, 0): 3, (2, 1): 1, (3, 0): 2, (3, 1): 4}
+    k = 3
+    s = build_sampler(LABELS, CAMS, batch_size=6, num_instances=k, kind="proxy", seed=2)
+    seen_orders = set()
+    for _ in range(30):
+        expected_len = len(s)
+        order = np.array(list(s))
+        assert len(order) == expected_len == k * len(proxies)  # every proxy once per pass, K images
+        assert not set(order.tolist()) & {7, 14}
+        groups = order.reshape(-1, k)
+        keys = [(int(LABELS[g[0]]), int(CAMS[g[0]])) for g in groups]
+        assert sorted(keys) == sorted(proxies)  # each proxy exactly once
+        for g, key in zip(groups, keys):
+            assert all((LABELS[i], CAMS[i]) == key for i in g)  # one proxy per group
+            counts = Counter(g.tolist())
+            if proxies[key] >= k:
+                assert len(counts) == k  # enough images: without replacement
+            else:
+                assert max(counts.values()) <= k  # at most K copies of an image (reference's value * k)
+        seen_orders.add(tuple(keys))
+    assert len(seen_orders) > 1  # the proxy order is shuffled per pass
+    # a single-image proxy is its one image K times
+    s1 = build_sampler(np.array([0, 0]), np.array([0, 1]), 4, 2, "proxy", seed=0)
+    assert sorted(list(s1)) == [0, 0, 1, 1]
+
+
 def test_errors():
     with pytest.raises(ValueError, match="every label is -1"):
         build_sampler(np.full(3, -1), np.zeros(3), 4, 2, "random_identity", 0)
@@ -138,5 +167,11 @@ def test_errors():
         build_sampler(LABELS, CAMS, 6, 4, "random_identity", 0)
     with pytest.raises(ValueError, match="equal length"):
         build_sampler(LABELS, CAMS[:-1], 8, 4, "camera_aware", 0)
+    with pytest.raises(ValueError, match="every label is -1"):
+        build_sampler(np.full(3, -1), np.zeros(3), 4, 2, "proxy", 0)
+    with pytest.raises(ValueError, match="equal length"):
+        build_sampler(LABELS, CAMS[:-1], 8, 4, "proxy", 0)
+    with pytest.raises(ValueError, match=r"batch_size \(2\) must be >= num_instances"):
+        build_sampler(LABELS, CAMS, 2, 4, "proxy", 0)
     with pytest.raises(ValueError, match="unknown sampler"):
         build_sampler(LABELS, CAMS, 8, 4, "pk", 0)

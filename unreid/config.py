@@ -55,7 +55,7 @@ class DataConfig:
     grayscale_p: float = 0.0
     #: one random rectangle to greyscale with this probability (Gong et al. 2021, RGPR; published 0.4); 0 = off
     grayscale_patch_p: float = 0.0
-    sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity"
+    sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity" | "proxy" (CAP)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     #: extra keyword options of the dataset family (e.g. ``{variant: labeled}`` for cuhk03,
     #: ``{trial: 2, mode: thermal_to_visible}`` for regdb); see ``unreid datasets``
@@ -227,7 +227,7 @@ class Config:
 
 
 _CHOICES = {
-    "data.sampler": {"camera_aware", "random_identity"},
+    "data.sampler": {"camera_aware", "random_identity", "proxy"},
     "model.pooling": {"gem", "avg"},
     "pseudo_labels.cluster": {"dbscan", "infomap"},
     "pseudo_labels.knn": {"exact", "faiss", "hnsw", "pca"},

@@ -13,6 +13,13 @@
   it has fewer than K) and cut into groups of K (an incomplete last group is dropped); while at least
   ``P = batch_size / K`` identities still have groups, P distinct ones are drawn and one group of each
   is emitted, so every batch of ``batch_size`` holds K images of each of P distinct identities.
+* ``proxy`` - P x K over camera-aware **proxies** (the samples of one pseudo-identity seen by one
+  camera), as CAP and O2CAP train (``ClassUniformlySampler`` on the proxy label, ``k=4``:
+  Terminator8758/CAP-master ``train_cap.py`` and Terminator8758/O2CAP ``reid/utils/data/sampler.py``).
+  Proxies in a random order; for each, K of its images without replacement when it has at least K,
+  otherwise K drawn from K copies of its images (the reference's ``value * k``: every image at most K
+  times). Consecutive groups of K fill the batches. A pseudo-identity seen by c cameras is drawn c
+  times per pass, once per camera, so each camera's proxy memory is refreshed equally often.
 
 Deviations from the references, on purpose: randomness comes from the sampler's own
 ``numpy.random.Generator`` seeded from ``(seed, pass number)`` - never a global RNG - so a run is
@@ -28,7 +35,7 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-SAMPLERS = ("camera_aware", "random_identity")
+SAMPLERS = ("camera_aware", "random_identity", "proxy")
 
 
 def _groups(labels: np.ndarray) -> list[np.ndarray]:
@@ -151,6 +158,46 @@ class RandomIdentitySampler(_PassSampler):
         return out
 
 
+class ProxySampler(_PassSampler):
+    """P x K over camera-aware proxies (CAP / O2CAP ``ClassUniformlySampler``; rules in the module docstring).
+
+    A proxy is a (pseudo-label, camera) pair with at least one sample; the pseudo-labels and cameras
+    are combined here, so the sampler needs no proxy ids from the memory.
+
+    Args:
+        labels: ``(N,) int`` pseudo-labels, ``-1`` = outlier (never yielded).
+        camids: ``(N,) int`` camera of each sample.
+        num_instances: K, images per proxy per pass (>= 1).
+        seed: seed of the sampler's own generator (pass ``p`` uses ``default_rng([seed, p])``).
+
+    Raises:
+        ValueError: no label >= 0, mismatched shapes, or ``num_instances < 1``.
+    """
+
+    def __init__(self, labels: np.ndarray, camids: np.ndarray, num_instances: int, seed: int = 0) -> None:
+        super().__init__(seed)
+        labels, camids = np.asarray(labels), np.asarray(camids)
+        if labels.ndim != 1 or camids.shape != labels.shape:
+            raise ValueError(f"labels {labels.shape} and camids {camids.shape} must be 1-D of equal length")
+        if num_instances < 1:
+            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+        self.k = int(num_instances)
+        valid = labels >= 0
+        proxy = np.full(labels.shape, -1, dtype=np.int64)
+        if valid.any():
+            pairs = np.stack([labels[valid], camids[valid]], axis=1)
+            proxy[valid] = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
+        self.groups = _groups(proxy)
+
+    def _build(self, rng: np.random.Generator) -> list[int]:
+        out: list[int] = []
+        for gi in rng.permutation(len(self.groups)):
+            members = self.groups[gi]
+            pool = members if len(members) >= self.k else np.tile(members, self.k)
+            out.extend(rng.choice(pool, size=self.k, replace=False).tolist())
+        return out
+
+
 def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_instances: int,
                   kind: str = "camera_aware", seed: int = 0) -> Sampler[int]:
     """The training sampler ``kind`` over (pseudo-)labels.
@@ -160,7 +207,8 @@ def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_i
         camids: ``(N,) int`` cameras (used by ``camera_aware``).
         batch_size: images per batch (P * K; ``random_identity`` needs a multiple of K).
         num_instances: K, images per identity in a batch.
-        kind: ``"camera_aware"`` (CC RandomMultipleGallerySampler) | ``"random_identity"`` (P x K).
+        kind: ``"camera_aware"`` (CC RandomMultipleGallerySampler) | ``"random_identity"`` (P x K) |
+            ``"proxy"`` (P x K over (pseudo-label, camera) proxies, CAP's ClassUniformlySampler).
         seed: seed of the sampler's own generator; the same seed gives the same passes.
 
     Returns:
@@ -173,6 +221,10 @@ def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_i
         if batch_size < num_instances:
             raise ValueError(f"batch_size ({batch_size}) must be >= num_instances ({num_instances})")
         return CameraAwareSampler(labels, camids, num_instances, seed)
+    if kind == "proxy":
+        if batch_size < num_instances:
+            raise ValueError(f"batch_size ({batch_size}) must be >= num_instances ({num_instances})")
+        return ProxySampler(labels, camids, num_instances, seed)
     if kind == "random_identity":
         if np.shape(camids) != np.shape(labels):
             raise ValueError(
