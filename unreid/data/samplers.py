@@ -50,6 +50,17 @@ def _groups(labels: np.ndarray) -> list[np.ndarray]:
     return np.split(order, cuts)
 
 
+def _labels_and_cameras(labels: np.ndarray, camids: np.ndarray, num_instances: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` and ``camids`` as arrays, checked: 1-D of equal length, ``num_instances >= 1``."""
+    labels, camids = np.asarray(labels), np.asarray(camids)
+    if labels.ndim != 1 or camids.shape != labels.shape:
+        raise ValueError(f"labels {labels.shape} and camids {camids.shape} must be 1-D of equal length")
+    if num_instances < 1:
+        raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+    return labels, camids
+
+
 class _PassSampler(Sampler[int]):
     """A sampler that draws a new order per pass from ``default_rng([seed, pass])``; ``len`` is exact."""
 
@@ -91,11 +102,7 @@ class CameraAwareSampler(_PassSampler):
 
     def __init__(self, labels: np.ndarray, camids: np.ndarray, num_instances: int, seed: int = 0) -> None:
         super().__init__(seed)
-        labels, camids = np.asarray(labels), np.asarray(camids)
-        if labels.ndim != 1 or camids.shape != labels.shape:
-            raise ValueError(f"labels {labels.shape} and camids {camids.shape} must be 1-D of equal length")
-        if num_instances < 1:
-            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+        labels, camids = _labels_and_cameras(labels, camids, num_instances)
         self.k = int(num_instances)
         self.groups = _groups(labels)
         self.group_cams = [camids[g] for g in self.groups]
@@ -176,11 +183,7 @@ class ProxySampler(_PassSampler):
 
     def __init__(self, labels: np.ndarray, camids: np.ndarray, num_instances: int, seed: int = 0) -> None:
         super().__init__(seed)
-        labels, camids = np.asarray(labels), np.asarray(camids)
-        if labels.ndim != 1 or camids.shape != labels.shape:
-            raise ValueError(f"labels {labels.shape} and camids {camids.shape} must be 1-D of equal length")
-        if num_instances < 1:
-            raise ValueError(f"num_instances must be >= 1, got {num_instances}")
+        labels, camids = _labels_and_cameras(labels, camids, num_instances)
         self.k = int(num_instances)
         valid = labels >= 0
         proxy = np.full(labels.shape, -1, dtype=np.int64)
