@@ -19,7 +19,7 @@
   Proxies in a random order; for each, K of its images without replacement when it has at least K,
   otherwise K drawn from K copies of its images (the reference's ``value * k``: every image at most K
   times). Consecutive groups of K fill the batches. A pseudo-identity seen by c cameras is drawn c
-  times per pass, once per camera, so each camera's proxy memory is refreshed equally often.
+  times per pass, once per camera, so every proxy's memory entry gets K updates per pass.
 
 Deviations from the references, on purpose: randomness comes from the sampler's own
 ``numpy.random.Generator`` seeded from ``(seed, pass number)`` - never a global RNG - so a run is
@@ -207,7 +207,7 @@ def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_i
 
     Args:
         labels: ``(N,) int`` labels of the training samples, ``-1`` = outlier (never yielded).
-        camids: ``(N,) int`` cameras (used by ``camera_aware``).
+        camids: ``(N,) int`` cameras (used by ``camera_aware`` and ``proxy``).
         batch_size: images per batch (P * K; ``random_identity`` needs a multiple of K).
         num_instances: K, images per identity in a batch.
         kind: ``"camera_aware"`` (CC RandomMultipleGallerySampler) | ``"random_identity"`` (P x K) |
@@ -220,14 +220,11 @@ def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_i
     Raises:
         ValueError: unknown ``kind``, no label >= 0, mismatched shapes or bad sizes.
     """
-    if kind == "camera_aware":
+    if kind in ("camera_aware", "proxy"):
         if batch_size < num_instances:
             raise ValueError(f"batch_size ({batch_size}) must be >= num_instances ({num_instances})")
-        return CameraAwareSampler(labels, camids, num_instances, seed)
-    if kind == "proxy":
-        if batch_size < num_instances:
-            raise ValueError(f"batch_size ({batch_size}) must be >= num_instances ({num_instances})")
-        return ProxySampler(labels, camids, num_instances, seed)
+        cls = CameraAwareSampler if kind == "camera_aware" else ProxySampler
+        return cls(labels, camids, num_instances, seed)
     if kind == "random_identity":
         if np.shape(camids) != np.shape(labels):
             raise ValueError(
