@@ -9,12 +9,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unreid.memory.proxy import CameraProxyMemory
+from unreid.memory.proxy import CameraProxyMemory, camera_proxies
 
 # two cameras, three pseudo-ids; id 2 only in camera 1; sample 6 is an outlier
 LABELS = np.array([0, 0, 1, 1, 0, 2, -1])
 CAMS = np.array([0, 1, 0, 1, 1, 1, 0])
 FEATS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0], [0.0, 3.0], [-1.0, 0.0], [5.0, 5.0]])
+
+
+def test_camera_proxies_numbering_by_label_then_camera():
+    sample_proxy, proxy_label, proxy_cam = camera_proxies(LABELS, CAMS)
+    # (0,0) (0,1) (1,0) (1,1) (2,1); the outlier gets none
+    assert sample_proxy.tolist() == [0, 1, 2, 3, 1, 4, -1]
+    assert proxy_label.tolist() == [0, 0, 1, 1, 2] and proxy_cam.tolist() == [0, 1, 0, 1, 1]
+    assert sample_proxy.dtype == proxy_label.dtype == proxy_cam.dtype == np.int64
+    empty = camera_proxies(np.full(3, -1), np.zeros(3, int))
+    assert empty[0].tolist() == [-1, -1, -1] and empty[1].size == empty[2].size == 0
+    with pytest.raises(ValueError, match="equal length"):
+        camera_proxies(LABELS, CAMS[:-1])
 
 
 def test_proxies_one_per_identity_and_camera():

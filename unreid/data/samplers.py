@@ -35,6 +35,8 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+from unreid.memory.proxy import camera_proxies
+
 SAMPLERS = ("camera_aware", "random_identity", "proxy")
 
 
@@ -168,8 +170,8 @@ class RandomIdentitySampler(_PassSampler):
 class ProxySampler(_PassSampler):
     """P x K over camera-aware proxies (CAP / O2CAP ``ClassUniformlySampler``; rules in the module docstring).
 
-    A proxy is a (pseudo-label, camera) pair with at least one sample; the pseudo-labels and cameras
-    are combined here, so the sampler needs no proxy ids from the memory.
+    A proxy is a (pseudo-label, camera) pair with at least one sample, numbered by
+    :func:`unreid.memory.proxy.camera_proxies` as the proxy memory numbers them.
 
     Args:
         labels: ``(N,) int`` pseudo-labels, ``-1`` = outlier (never yielded).
@@ -185,12 +187,7 @@ class ProxySampler(_PassSampler):
         super().__init__(seed)
         labels, camids = _labels_and_cameras(labels, camids, num_instances)
         self.k = int(num_instances)
-        valid = labels >= 0
-        proxy = np.full(labels.shape, -1, dtype=np.int64)
-        if valid.any():
-            pairs = np.stack([labels[valid], camids[valid]], axis=1)
-            proxy[valid] = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
-        self.groups = _groups(proxy)
+        self.groups = _groups(camera_proxies(labels, camids)[0])
 
     def _build(self, rng: np.random.Generator) -> list[int]:
         out: list[int] = []

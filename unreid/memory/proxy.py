@@ -46,6 +46,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def camera_proxies(labels: np.ndarray | Tensor, camids: np.ndarray | Tensor
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split pseudo-identities into camera-aware proxies: one per (pseudo-label, camera) pair seen.
+
+    CAP (Wang et al., AAAI 2021, Sec. 3.2; Terminator8758/CAP-master ``train_cap.py``, the
+    "accumulated" proxy labels). The one definition of the proxy numbering in unreid: the proxy
+    memory and the proxy sampler (``unreid.data.samplers.ProxySampler``) both use it.
+
+    Args:
+        labels: ``(N,) int`` pseudo-labels, ``-1`` = outlier (gets no proxy).
+        camids: ``(N,) int`` camera ids, ``>= 0`` (free metadata; never identities).
+
+    Returns:
+        ``(sample_proxy, proxy_label, proxy_cam)``: ``(N,) int64`` proxy of each sample (``-1`` for
+        outliers), and ``(P,) int64`` pseudo-label and camera of each proxy. Proxies are numbered in
+        increasing (label, camera) order.
+
+    Raises:
+        ValueError: ``labels`` and ``camids`` not 1-D of equal length.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    cams = np.asarray(camids, dtype=np.int64)
+    if labels.ndim != 1 or cams.shape != labels.shape:
+        raise ValueError(f"labels {labels.shape} and camids {cams.shape} must be 1-D of equal length")
+    keep = labels >= 0
+    num_cams = int(cams.max()) + 1 if cams.size else 1
+    uniq, inv = np.unique(labels[keep] * num_cams + cams[keep], return_inverse=True)
+    sample_proxy = np.full(len(labels), -1, dtype=np.int64)
+    sample_proxy[keep] = inv.reshape(-1)
+    return sample_proxy, uniq // num_cams, uniq % num_cams
+
+
 class CameraProxyMemory:
     """One memory slot per (pseudo-identity, camera) proxy.
 
@@ -106,25 +138,20 @@ class CameraProxyMemory:
             labels: ``(N,) int`` pseudo-labels, ``-1`` = outlier (gets no proxy).
             camids: ``(N,) int`` camera ids (free metadata; never identities).
 
-        Proxies are ordered by (label, camera). ``sample_proxy`` maps each sample to its proxy
-        (``-1`` for outliers).
+        Proxies are ordered by (label, camera) (:func:`camera_proxies`). ``sample_proxy`` maps each
+        sample to its proxy (``-1`` for outliers).
         """
-        labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        cams = torch.as_tensor(np.asarray(camids), dtype=torch.long)
+        labels, cams = np.asarray(labels), np.asarray(camids)
         feats = F.normalize(torch.as_tensor(features, dtype=torch.float32).cpu(), dim=1)
         if labels.shape[0] != feats.shape[0] or cams.shape[0] != feats.shape[0]:
             raise ValueError(f"features {tuple(feats.shape)}, labels {tuple(labels.shape)} and camids "
                              f"{tuple(cams.shape)} must have the same length")
-        keep = labels >= 0
-        num_cams = int(cams.max()) + 1 if cams.numel() else 1
-        key = labels * num_cams + cams
-        uniq, inv = torch.unique(key[keep], return_inverse=True)
-        sums = torch.zeros(len(uniq), feats.shape[1]).index_add_(0, inv, feats[keep])
+        sample_proxy, proxy_label, proxy_cam = (torch.from_numpy(a) for a in camera_proxies(labels, cams))
+        keep = sample_proxy >= 0
+        sums = torch.zeros(len(proxy_label), feats.shape[1]).index_add_(0, sample_proxy[keep], feats[keep])
         self.memory = F.normalize(sums, dim=1).to(self.device)
-        self.proxy_label = (uniq // num_cams).to(self.device)
-        self.proxy_cam = (uniq % num_cams).to(self.device)
-        sample_proxy = torch.full((len(labels),), -1, dtype=torch.long)
-        sample_proxy[keep] = inv
+        self.proxy_label = proxy_label.to(self.device)
+        self.proxy_cam = proxy_cam.to(self.device)
         self.sample_proxy = sample_proxy.to(self.device)
 
     def losses(self, features: Tensor, indices: Tensor, use_inter: bool = True) -> dict[str, Tensor]:
