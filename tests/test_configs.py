@@ -8,6 +8,12 @@ import pytest
 from unreid.config import load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+CAMERA_AWARE = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
+
+
+def _cuhk03_camera_aware(variant: str):
+    """``configs/camera_aware/cuhk03_detected_cpu_<variant>.yaml``, loaded."""
+    return load_config(CAMERA_AWARE / f"cuhk03_detected_cpu_{variant}.yaml")
 
 
 def test_configs_exist():
@@ -40,18 +46,16 @@ def test_cluster_contrast_recipe_values():
 
 
 def test_colour_config_is_the_cap_clustering_variant_plus_colour():
-    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
-    base = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering.yaml")
-    colour = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour.yaml")
+    base = _cuhk03_camera_aware("cbn_cap_clustering")
+    colour = _cuhk03_camera_aware("cbn_cap_clustering_colour")
     assert (base.pseudo_labels.colour_weight, colour.pseudo_labels.colour_weight) == (0.0, 1.0)
     assert (colour.pseudo_labels.k1, colour.pseudo_labels.eps, colour.model.camera_bn) == (20, 0.5, True)
     assert colour.method.camera == base.method.camera and colour.optim == base.optim
 
 
 def test_o2cap_config_is_the_colour_variant_with_o2caps_losses():
-    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
-    colour = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour.yaml")
-    o2cap = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_o2cap.yaml")
+    colour = _cuhk03_camera_aware("cbn_cap_clustering_colour")
+    o2cap = _cuhk03_camera_aware("cbn_cap_clustering_colour_o2cap")
     c = o2cap.method.camera
     # the released O2CAP code: offline + online losses, weight 1, from epoch 0, no intra-camera loss
     assert (c.intra_weight, c.inter_weight, c.online_weight, c.inter_start_epoch) == (0.0, 1.0, 1.0, 0)
@@ -62,9 +66,8 @@ def test_o2cap_config_is_the_colour_variant_with_o2caps_losses():
 
 
 def test_online_config_is_the_colour_variant_plus_the_online_loss():
-    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
-    colour = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour.yaml")
-    online = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_online.yaml")
+    colour = _cuhk03_camera_aware("cbn_cap_clustering_colour")
+    online = _cuhk03_camera_aware("cbn_cap_clustering_colour_online")
     assert online.method.camera == dataclasses.replace(colour.method.camera, online_weight=1.0)
     assert (online.method.camera.intra_weight, online.method.camera.inter_start_epoch) == (1.0, 1)
     assert online.pseudo_labels == colour.pseudo_labels and online.model == colour.model
@@ -72,9 +75,8 @@ def test_online_config_is_the_colour_variant_plus_the_online_loss():
 
 
 def test_proxy_sampler_config_is_the_online_variant_with_caps_sampler():
-    root = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
-    online = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_online.yaml")
-    proxy = load_config(root / "cuhk03_detected_cpu_cbn_cap_clustering_colour_online_proxy_sampler.yaml")
+    online = _cuhk03_camera_aware("cbn_cap_clustering_colour_online")
+    proxy = _cuhk03_camera_aware("cbn_cap_clustering_colour_online_proxy_sampler")
     assert online.data.sampler == "camera_aware"
     assert proxy.data == dataclasses.replace(online.data, sampler="proxy", num_instances=4)
     assert proxy.method == online.method and proxy.pseudo_labels == online.pseudo_labels
