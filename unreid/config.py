@@ -119,6 +119,10 @@ class PseudoLabelConfig:
     #: features the pseudo-labeller sees (unreid.pseudo_labels.colour; 1 = equal say). 0 = off (the published
     #: methods). Memories, losses and evaluation use the network features alone.
     colour_weight: float = 0.0
+    #: the hand-crafted part appended with colour_weight: "stripes" (horizontal-stripe HSV histograms,
+    #: unreid.pseudo_labels.colour) | "lomo" (LOMO, Liao et al. CVPR 2015: Retinex HSV + SILTP texture,
+    #: local maximal occurrence, 3 scales; unreid.pseudo_labels.lomo)
+    colour_descriptor: str = "stripes"
 
 
 @dataclass
@@ -233,6 +237,7 @@ _CHOICES = {
     "pseudo_labels.knn": {"exact", "faiss", "hnsw", "pca"},
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "pseudo_labels.outliers": {"drop", "singleton"},
+    "pseudo_labels.colour_descriptor": {"stripes", "lomo"},
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},

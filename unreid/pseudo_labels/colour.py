@@ -17,7 +17,7 @@ the memories, the losses and the evaluation use the network features alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,27 +71,32 @@ def colour_stripe_histograms(images: Tensor, stripes: int = STRIPES,
     return F.normalize(torch.from_numpy(out), dim=1)
 
 
-def load_colour_histograms(paths: Sequence[str], size: tuple[int, int], cache: Any = None,
-                           batch: int = 256) -> Tensor:
-    """:func:`colour_stripe_histograms` of image files, resized to ``size = (H, W)`` as the network input is.
+def load_images(paths: Sequence[str], size: tuple[int, int], cache: Any = None, batch: int = 256) -> Iterator[Tensor]:
+    """Image files at ``size = (H, W)``, in chunks of ``batch``: ``(b, 3, H, W) uint8`` RGB each.
 
     Images are loaded as every other stage loads them (:class:`unreid.data.loader.ReIDImageDataset`):
     from ``cache`` (an :class:`unreid.data.loader.ImageCache`, e.g. the trainer's, whose images are
     already at the input size) when it holds the path, else decoded from disk; an unreadable file is
     logged once and stands in as a black image, as in training and evaluation.
-
-    Returns:
-        ``(len(paths), STRIPES * prod(HSV_BINS)) float32``, rows L2-normalised.
     """
     from unreid.data.datasets.base import Sample
     from unreid.data.loader import ReIDImageDataset, _resize
 
     images = ReIDImageDataset([Sample(str(p), -1, -1) for p in paths], lambda img: _resize(img, size),
                               cache=cache, size=size)
-    parts = []
     for start in range(0, len(images), batch):
-        rows = range(start, min(start + batch, len(images)))
-        parts.append(colour_stripe_histograms(torch.stack([images[i]["img"] for i in rows])))
+        yield torch.stack([images[i]["img"] for i in range(start, min(start + batch, len(images)))])
+
+
+def load_colour_histograms(paths: Sequence[str], size: tuple[int, int], cache: Any = None,
+                           batch: int = 256) -> Tensor:
+    """:func:`colour_stripe_histograms` of image files, resized to ``size = (H, W)`` as the network
+    input is, loaded by :func:`load_images` (``cache`` used when it holds the path).
+
+    Returns:
+        ``(len(paths), STRIPES * prod(HSV_BINS)) float32``, rows L2-normalised.
+    """
+    parts = [colour_stripe_histograms(chunk) for chunk in load_images(paths, size, cache=cache, batch=batch)]
     return torch.cat(parts) if parts else torch.zeros(0, STRIPES * int(np.prod(HSV_BINS)))
 
 
@@ -126,4 +131,4 @@ def append_colour(features: Tensor, colour: Tensor, camids: np.ndarray | Tensor,
     return F.normalize(torch.cat([f, weight * c], dim=1), dim=1)
 
 
-__all__ = ["HSV_BINS", "STRIPES", "append_colour", "colour_stripe_histograms", "load_colour_histograms"]
+__all__ = ["HSV_BINS", "STRIPES", "append_colour", "colour_stripe_histograms", "load_colour_histograms", "load_images"]
