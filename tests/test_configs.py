@@ -81,3 +81,12 @@ def test_proxy_sampler_config_is_the_online_variant_with_caps_sampler():
     assert proxy.data == dataclasses.replace(online.data, sampler="proxy", num_instances=4)
     assert proxy.method == online.method and proxy.pseudo_labels == online.pseudo_labels
     assert proxy.model == online.model and proxy.optim == online.optim
+
+
+def test_lomo_config_is_the_online_variant_with_lomo_for_the_stripes():
+    online = _cuhk03_camera_aware("cbn_cap_clustering_colour_online")
+    lomo = _cuhk03_camera_aware("cbn_cap_clustering_lomo_online")
+    assert (online.pseudo_labels.colour_descriptor, lomo.pseudo_labels.colour_descriptor) == ("stripes", "lomo")
+    assert lomo.pseudo_labels == dataclasses.replace(online.pseudo_labels, colour_descriptor="lomo")
+    assert lomo.method == online.method and lomo.model == online.model
+    assert lomo.optim == online.optim and lomo.data == online.data
