@@ -10,10 +10,12 @@ this report only. Usage::
     unreid extract CONFIG --checkpoint runs/x/checkpoint_last.pth --split gallery --out x_gallery.npz
     python benchmarks/camera_nn.py x_gallery.npz y_gallery.npz ...
     python benchmarks/camera_nn.py x_train.npz --colour 128x64   # also with the colour prior appended
+    python benchmarks/camera_nn.py x_train.npz --colour 128x64 --descriptor lomo   # LOMO as the prior
 
 ``--colour HxW`` adds a row per file for the features the pseudo-labeller sees with
-``pseudo_labels.colour_weight=1``: the colour-stripe histograms of the images (read from the paths
-in the file, resized to H x W) appended by :func:`unreid.pseudo_labels.colour.append_colour`.
+``pseudo_labels.colour_weight=1``: the hand-crafted descriptors of the images (read from the paths
+in the file, resized to H x W; ``--descriptor`` as ``pseudo_labels.colour_descriptor``: colour-stripe
+histograms or LOMO) appended by :func:`unreid.pseudo_labels.colour.append_colour`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("features", nargs="+", help=".npz files written by `unreid extract` (features, pids, camids)")
     ap.add_argument("--colour", metavar="HxW", default=None,
                     help="also report the features with the colour prior appended (images resized to HxW)")
+    ap.add_argument("--descriptor", choices=("stripes", "lomo"), default="stripes",
+                    help="the prior's descriptor, as pseudo_labels.colour_descriptor (default: stripes)")
     args = ap.parse_args(argv)
     size = None
     if args.colour:
@@ -58,11 +62,13 @@ def main(argv: list[str] | None = None) -> None:
               f"| {100 * other_std:.1f} |")
         if size is not None:
             from unreid.pseudo_labels.colour import append_colour, load_colour_histograms
+            from unreid.pseudo_labels.lomo import load_lomo_descriptors
 
-            colour = load_colour_histograms([str(p) for p in data["paths"]], size)
+            load = load_lomo_descriptors if args.descriptor == "lomo" else load_colour_histograms
+            colour = load([str(p) for p in data["paths"]], size)
             with_colour = append_colour(feats, colour, cams, 1.0)
             same, other = nearest_neighbour_hits(with_colour, cams, pids)
-            print(f"| {path} + colour prior | {len(feats)} | {len(np.unique(cams))} | {100 * same:.1f} "
+            print(f"| {path} + {args.descriptor} prior | {len(feats)} | {len(np.unique(cams))} | {100 * same:.1f} "
                   f"| {100 * other:.1f} | – |")
 
 
