@@ -7,8 +7,9 @@ label generator; DESIGN.md)::
 
 Modules: ``knn.py`` (exact blocked / faiss / HNSW neighbours), ``jaccard.py`` (sparse k-reciprocal
 encoding and Jaccard distance, equal to the shared dense reference), ``cluster.py`` (DBSCAN on the
-sparse graph, rho-adaptive eps, InfoMap), ``quality.py`` (the report), ``camera.py`` and
-``matching.py`` (camera-aware options).
+sparse graph, rho-adaptive eps, InfoMap), ``quality.py`` (the report), ``camera.py``,
+``ca_jaccard.py`` and ``matching.py`` (camera-aware options), ``colour.py`` and ``lomo.py`` (the
+hand-crafted prior, ``pseudo_labels.colour_weight`` / ``colour_descriptor``).
 """
 
 from __future__ import annotations
