@@ -115,9 +115,9 @@ class PseudoLabelConfig:
     #: the outliers of an epoch: "drop" (left out of the epoch, Cluster Contrast) | "singleton" (each a
     #: class of its own, SpCL's un-clustered instances, Ge et al. NeurIPS 2020; PseudoLabels.with_singletons)
     outliers: str = "drop"
-    #: > 0: append horizontal-stripe HSV histograms, standardised per camera, with this weight to the
-    #: features the pseudo-labeller sees (unreid.pseudo_labels.colour; 1 = equal say). 0 = off (the published
-    #: methods). Memories, losses and evaluation use the network features alone.
+    #: > 0: append a hand-crafted descriptor (colour_descriptor), standardised per camera, with this weight
+    #: to the features the pseudo-labeller sees (unreid.pseudo_labels.colour; 1 = equal say). 0 = off (the
+    #: published methods). Memories, losses and evaluation use the network features alone.
     colour_weight: float = 0.0
     #: the hand-crafted part appended with colour_weight: "stripes" (horizontal-stripe HSV histograms,
     #: unreid.pseudo_labels.colour) | "lomo" (LOMO, Liao et al. CVPR 2015: Retinex HSV + SILTP texture,
