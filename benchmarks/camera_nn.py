@@ -29,12 +29,13 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     from unreid.pseudo_labels import nearest_neighbour_hits
     from unreid.pseudo_labels.camera import camera_standardize
+    from unreid.pseudo_labels.colour import DESCRIPTORS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("features", nargs="+", help=".npz files written by `unreid extract` (features, pids, camids)")
     ap.add_argument("--colour", metavar="HxW", default=None,
                     help="also report the features with the colour prior appended (images resized to HxW)")
-    ap.add_argument("--descriptor", choices=("stripes", "lomo"), default="stripes",
+    ap.add_argument("--descriptor", choices=DESCRIPTORS, default="stripes",
                     help="the prior's descriptor, as pseudo_labels.colour_descriptor (default: stripes)")
     args = ap.parse_args(argv)
     size = None
@@ -61,11 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {path} | {len(feats)} | {len(np.unique(cams))} | {100 * same:.1f} | {100 * other:.1f} "
               f"| {100 * other_std:.1f} |")
         if size is not None:
-            from unreid.pseudo_labels.colour import append_colour, load_colour_histograms
-            from unreid.pseudo_labels.lomo import load_lomo_descriptors
+            from unreid.pseudo_labels.colour import append_colour, load_descriptors
 
-            load = load_lomo_descriptors if args.descriptor == "lomo" else load_colour_histograms
-            colour = load([str(p) for p in data["paths"]], size)
+            colour = load_descriptors([str(p) for p in data["paths"]], size, args.descriptor)
             with_colour = append_colour(feats, colour, cams, 1.0)
             same, other = nearest_neighbour_hits(with_colour, cams, pids)
             print(f"| {path} + {args.descriptor} prior | {len(feats)} | {len(np.unique(cams))} | {100 * same:.1f} "

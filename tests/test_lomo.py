@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
-from unreid.config import ConfigError, load_config
+from unreid.config import _CHOICES, ConfigError, load_config
 from unreid.engine import Trainer
+from unreid.pseudo_labels.colour import DESCRIPTORS, load_colour_histograms, load_descriptors
 from unreid.pseudo_labels.lomo import _max_occurrence, load_lomo_descriptors, lomo_descriptors, retinex, siltp
 
 
@@ -94,6 +95,12 @@ def test_load_lomo_descriptors_from_files(tmp_path):
         paths.append(str(p))
     d = load_lomo_descriptors(paths, (32, 16), batch=2)
     assert d.shape[0] == 3 and torch.allclose(d.norm(dim=1), torch.ones(3), atol=1e-5)
+    # the one dispatch on pseudo_labels.colour_descriptor, whose choices the config validates
+    assert torch.equal(load_descriptors(paths, (32, 16), "lomo"), d)
+    assert torch.equal(load_descriptors(paths, (32, 16), "stripes"), load_colour_histograms(paths, (32, 16)))
+    assert set(DESCRIPTORS) == _CHOICES["pseudo_labels.colour_descriptor"]
+    with pytest.raises(ValueError, match="unknown descriptor"):
+        load_descriptors(paths, (32, 16), "hog")
 
 
 def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path):

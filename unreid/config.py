@@ -237,7 +237,7 @@ _CHOICES = {
     "pseudo_labels.knn": {"exact", "faiss", "hnsw", "pca"},
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "pseudo_labels.outliers": {"drop", "singleton"},
-    "pseudo_labels.colour_descriptor": {"stripes", "lomo"},
+    "pseudo_labels.colour_descriptor": {"stripes", "lomo"},  # unreid.pseudo_labels.colour.DESCRIPTORS
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},

@@ -115,19 +115,14 @@ class Method:
         """``features`` ``(N, d)`` with the training images' hand-crafted descriptors appended
         (``pseudo_labels.colour_weight``; :func:`unreid.pseudo_labels.colour.append_colour`): colour-stripe
         histograms (``pseudo_labels.colour_descriptor=stripes``) or LOMO (``lomo``,
-        :mod:`unreid.pseudo_labels.lomo`). They are computed once, on the first call, at the input size
+        :mod:`unreid.pseudo_labels.lomo`), by :func:`~unreid.pseudo_labels.colour.load_descriptors`. They are computed once, on the first call, at the input size
         (from :attr:`image_cache` when the trainer shares one, else from the files)."""
-        from unreid.pseudo_labels.colour import append_colour, load_colour_histograms
+        from unreid.pseudo_labels.colour import append_colour, load_descriptors
 
         if self._colour is None:
             size = (self.cfg.data.height, self.cfg.data.width)
-            paths = [s.path for s in self.train_set]
-            if self.cfg.pseudo_labels.colour_descriptor == "lomo":
-                from unreid.pseudo_labels.lomo import load_lomo_descriptors
-
-                self._colour = load_lomo_descriptors(paths, size, cache=self.image_cache)
-            else:
-                self._colour = load_colour_histograms(paths, size, cache=self.image_cache)
+            self._colour = load_descriptors([s.path for s in self.train_set], size,
+                                            self.cfg.pseudo_labels.colour_descriptor, cache=self.image_cache)
         return append_colour(features, self._colour, self.camids, self.cfg.pseudo_labels.colour_weight)
 
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:

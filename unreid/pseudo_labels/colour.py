@@ -100,6 +100,37 @@ def load_colour_histograms(paths: Sequence[str], size: tuple[int, int], cache: A
     return torch.cat(parts) if parts else torch.zeros(0, STRIPES * int(np.prod(HSV_BINS)))
 
 
+#: ``pseudo_labels.colour_descriptor`` values (unreid.config): the descriptor :func:`load_descriptors` computes
+DESCRIPTORS = ("stripes", "lomo")
+
+
+def load_descriptors(paths: Sequence[str], size: tuple[int, int], descriptor: str = "stripes",
+                     cache: Any = None) -> Tensor:
+    """The prior's descriptors of image files at ``size = (H, W)``: the one place that maps
+    ``pseudo_labels.colour_descriptor`` to its loader.
+
+    Args:
+        paths: image files, loaded by :func:`load_images` (``cache`` used when it holds the path).
+        size: ``(H, W)`` in pixels, the network's input size.
+        descriptor: ``"stripes"`` (:func:`load_colour_histograms`) or ``"lomo"``
+            (:func:`unreid.pseudo_labels.lomo.load_lomo_descriptors`).
+        cache: an optional :class:`unreid.data.loader.ImageCache`.
+
+    Returns:
+        ``(len(paths), D) float32``, rows L2-normalised.
+
+    Raises:
+        ValueError: ``descriptor`` not one of :data:`DESCRIPTORS`.
+    """
+    if descriptor == "stripes":
+        return load_colour_histograms(paths, size, cache=cache)
+    if descriptor == "lomo":
+        from unreid.pseudo_labels.lomo import load_lomo_descriptors
+
+        return load_lomo_descriptors(paths, size, cache=cache)
+    raise ValueError(f"unknown descriptor {descriptor!r}; choose one of {DESCRIPTORS}")
+
+
 def append_colour(features: Tensor, colour: Tensor, camids: np.ndarray | Tensor, weight: float) -> Tensor:
     """The features the pseudo-labeller sees: ``[f, weight * c]``, L2-normalised.
 
@@ -131,4 +162,5 @@ def append_colour(features: Tensor, colour: Tensor, camids: np.ndarray | Tensor,
     return F.normalize(torch.cat([f, weight * c], dim=1), dim=1)
 
 
-__all__ = ["HSV_BINS", "STRIPES", "append_colour", "colour_stripe_histograms", "load_colour_histograms", "load_images"]
+__all__ = ["DESCRIPTORS", "HSV_BINS", "STRIPES", "append_colour", "colour_stripe_histograms", "load_colour_histograms",
+           "load_descriptors", "load_images"]

@@ -191,10 +191,9 @@ def lomo_descriptors(images: Tensor, num_scales: int = NUM_SCALES) -> Tensor:
 
 
 def load_lomo_descriptors(paths: Sequence[str], size: tuple[int, int], cache: Any = None, batch: int = 64) -> Tensor:
-    """:func:`lomo_descriptors` of image files at ``size = (H, W)``, loaded as
-    :func:`unreid.pseudo_labels.colour.load_colour_histograms` loads them (from ``cache`` when it holds
-    the path; an unreadable file is logged and stands in as a black image). Returns ``(len(paths), D)
-    float32``."""
+    """:func:`lomo_descriptors` of image files at ``size = (H, W)``, loaded by
+    :func:`unreid.pseudo_labels.colour.load_images` (from ``cache`` when it holds the path; an unreadable
+    file is logged and stands in as a black image). Returns ``(len(paths), D) float32``."""
     from unreid.pseudo_labels.colour import load_images
 
     parts = [lomo_descriptors(chunk) for chunk in load_images(paths, size, cache=cache, batch=batch)]
