@@ -115,7 +115,8 @@ def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path, 
     a, ra = _run(dataclasses.replace(base, output_dir=str(tmp_path / "true")), data)
     b, rb = _run(dataclasses.replace(base, output_dir=str(tmp_path / "scrambled")), _scrambled(data))
     assert _same_model(a, b)
-    assert torch.equal(a["method"]["proxy_memory"]["memory"], b["method"]["proxy_memory"]["memory"])
+    assert torch.equal(a["method"]["memories"]["camera_proxies"]["memory"],
+                       b["method"]["memories"]["camera_proxies"]["memory"])
     assert [x.get("losses") for x in ra] == [y.get("losses") for y in rb]
 
 

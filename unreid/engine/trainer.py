@@ -1,22 +1,28 @@
-"""The epoch loop shared by every method.
+"""The training loop shared by every method: stages -> epochs -> steps, with hooks.
 
-Structure after fast-reid's ``engine/train_loop.py``: the loop is small; pseudo-label refresh,
-evaluation, checkpointing and logging are phases around it, and users may add
-:class:`Hook` objects (``before_epoch``, ``after_step``, ``after_epoch``).
+Structure after fast-reid's ``engine/train_loop.py``: the loop is small, and the phases around it are
+hooks (:mod:`unreid.engine.hooks`): labelling before each epoch, the learning-rate step, evaluation and
+the epoch's commit (checkpoint, best model, one ``metrics.jsonl`` record) after it. Users add their own
+:class:`~unreid.engine.hooks.Hook` objects.
 
 Each epoch (DESIGN.md, "What the library is"):
 
-1. extract L2-normalised features of the training set (test transform);
-2. ``method.refresh``: pseudo-labels (or, in the supervised reference, the true labels) and
-   memories; the trainer computes the pseudo-label quality report (ground truth is used *only*
-   there, never handed to the method);
-3. ``iters`` steps: P x K batches from ``method.sampler``, ``method.training_step``, backward,
-   ``optimizer.step()``, then ``method.update_memory`` under ``no_grad``;
-4. LR step, evaluation every ``eval.every`` epochs and after the last, an atomic checkpoint, one
+1. the method extracts features of the training set (:meth:`~unreid.methods.Method.extract`, test
+   transform), makes this epoch's labels (:meth:`~unreid.methods.Method.make_labels`: pseudo-labels, or
+   the true labels in the supervised reference) and rebuilds its memories
+   (:meth:`~unreid.methods.Method.build_memories`); the trainer computes the pseudo-label quality report
+   (ground truth is used *only* there, never handed to the method);
+2. ``iters`` steps: P x K batches from ``method.sampler``, ``method.step`` (losses),
+   ``method.optimize_step`` (backward and the stage's optimisers, :mod:`unreid.engine.optim`), then
+   ``method.after_step`` (memory updates) under ``no_grad``;
+3. LR step, evaluation every ``eval.every`` epochs and after the last, an atomic checkpoint, one
    line in ``metrics.jsonl``.
 
-``--resume`` restores model, optimiser, scheduler, method state (labels, memories), RNG states
-and the epoch counter, so a resumed run continues exactly as an uninterrupted one would.
+A method may declare several stages (:class:`~unreid.methods.base.Stage`): which modules train (the
+others are frozen), which optimisers step, the sampler, whether the schedules restart. ``--resume``
+restores every named module, optimiser, scheduler, the scaler, the method's labels and memories, the
+RNG states and the epoch counter, so a resumed run continues exactly as an uninterrupted one would,
+also across a stage boundary.
 """
 
 from __future__ import annotations
@@ -38,24 +44,22 @@ from torch import nn
 from unreid.config import Config, from_dict, to_dict, to_yaml
 from unreid.data.datasets.base import ReIDData, Sample
 from unreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, to_tensors
+from unreid.engine.hooks import CheckpointHook, EvaluationHook, Hook, LabelHook, LRSchedulerHook
+from unreid.engine.optim import Optimizers
 
 log = logging.getLogger("unreid")
+
+#: written into every checkpoint; :meth:`Trainer.load` also reads "unreid-checkpoint-1" (one optimiser)
+CHECKPOINT_FORMAT = "unreid-checkpoint-2"
+#: the first keys of a metrics.jsonl record, in this order (then any other key a hook added)
+RECORD_ORDER = ("epoch", "stage", "mode", "lr", "lrs", "losses", "pseudo_labels", "test", "val", "test_selected",
+                "time_epoch_s")
 
 SUPERVISED_BANNER = "SUPERVISED REFERENCE: trains on GROUND-TRUTH identities (upper bound, not unsupervised)"
 
 
 class TrainingStopped(RuntimeError):
     """Training cannot continue (e.g. pseudo-labelling produced no cluster and on_no_clusters=stop)."""
-
-
-class Hook:
-    """Override any of these to act around the loop (fast-reid ``HookBase`` style)."""
-
-    def before_train(self, trainer: Trainer) -> None: ...
-    def before_epoch(self, trainer: Trainer) -> None: ...
-    def after_step(self, trainer: Trainer, losses: dict[str, float]) -> None: ...
-    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
-    def after_train(self, trainer: Trainer) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,7 +116,8 @@ class TrainState:
     epoch: int = 0  #: epochs completed
     best_score: float = -math.inf
     best_epoch: int = -1
-    history: list[dict[str, Any]] = field(default_factory=list)
+    #: the best test evaluation so far (``{"epoch", "mAP", "rank1", ...}``): test-selected, report only
+    best_test: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -151,7 +156,7 @@ class Trainer:
             log.warning(SUPERVISED_BANNER)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.hooks = list(hooks or [])
+        self.user_hooks = list(hooks or [])
         self.state = TrainState()
 
         self.data = data if data is not None else load_data(cfg)
@@ -194,16 +199,32 @@ class Trainer:
             device=self.device,
         )
         self.method.image_cache = self.cache  # decoded once, shared with the method's image statistics
-        params = [p for p in self.model.parameters() if p.requires_grad] + self.method.extra_parameters()
-        o = cfg.optim
-        if o.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-        else:
-            self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                             nesterov=True)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.step_size, gamma=o.gamma)
-        self.use_amp = bool(o.amp and self.device.type == "cuda")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.modules = self.method.modules()
+        for module in self.modules.values():
+            module.to(self.device)
+        #: each parameter's own requires_grad, restored when a stage unfreezes its module
+        self._trainable = {id(p): p.requires_grad for m in self.modules.values() for p in m.parameters()}
+        self.use_amp = bool(cfg.optim.amp and self.device.type == "cuda")
+        self.optim = Optimizers(self.method.param_groups(), cfg.optim, use_amp=self.use_amp)
+        self.stages = self.method.stages()
+        if not self.stages:
+            raise ValueError(f"method {cfg.method.name!r} declares no training stage")
+        names = [st.name for st in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method {cfg.method.name!r} declares stages with the same name: {names}")
+        for st in self.stages:
+            for kind, chosen, known in (("module", st.train, self.modules), ("optimiser", st.optimizers,
+                                                                               self.optim.optimizers)):
+                missing = [n for n in (chosen or ()) if n not in known]
+                if missing:
+                    raise ValueError(f"stage {st.name!r} names {kind}(s) {missing}; the method has {sorted(known)}")
+        self.total_epochs = sum(st.epochs for st in self.stages)
+        self.stage = None
+        self.epoch = 0
+        self.record: dict[str, Any] = {}
+        self.epoch_start = time.time()
+        self.hooks = sorted([LabelHook(), LRSchedulerHook(), EvaluationHook(), CheckpointHook(), *self.user_hooks],
+                            key=lambda h: h.priority)
 
         (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
         if resume:
@@ -247,19 +268,24 @@ class Trainer:
         return "supervised" if self.supervised else "unsupervised"
 
     # ------------------------------------------------------------------ phases
-    def extract(self, samples: list[Sample]) -> torch.Tensor:
-        """L2-normalised features ``(N, d) float32`` on CPU of ``samples`` (test transform)."""
-        return extract(self.model, samples, self.cfg, self.device, cache=self.cache, amp=self.use_amp)
+    def extract(self, samples: list[Sample], model: nn.Module | None = None) -> torch.Tensor:
+        """L2-normalised features ``(N, d) float32`` on CPU of ``samples`` (test transform) by ``model``
+        (default: the re-ID model)."""
+        return extract(self.model if model is None else model, samples, self.cfg, self.device, cache=self.cache,
+                       amp=self.use_amp)
 
     def refresh(self, epoch: int) -> dict[str, Any]:
-        """Pseudo-label phase; returns the quality report (ground truth used only here, for reporting)."""
+        """Labelling phase (:class:`~unreid.engine.hooks.LabelHook`): the method's features, labels and
+        memories; returns the quality report (ground truth used only here, for reporting)."""
         from unreid.pseudo_labels import NoClustersError, cluster_report
 
         t0 = time.time()
-        feats = self.extract(self.train_samples)
+        feats = self.method.extract(self.train_samples, lambda model, samples: self.extract(samples, model))
         t_extract = time.time() - t0
         try:
-            labels = self.method.refresh(epoch, feats)
+            labels = self.method.make_labels(epoch, feats)
+            self.method.set_labels(labels)
+            self.method.build_memories(epoch, feats, labels)
         except NoClustersError as err:
             if self.cfg.pseudo_labels.on_no_clusters == "keep" and self.method.labels is not None:
                 log.warning("epoch %d: %s; keeping the previous epoch's labels (on_no_clusters=keep)", epoch, err)
@@ -291,13 +317,14 @@ class Trainer:
         return report
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """``iters`` optimisation steps (one sampler pass when ``optim.iters == 0``)."""
+        """``iters`` optimisation steps (one sampler pass when ``optim.iters == 0``); returns the mean losses."""
         from tqdm import tqdm
 
         from unreid.data.loader import IterLoader, build_train_loader
-        from unreid.models.camera_bn import camera_batch
 
-        assert self.method.labels is not None
+        if self.method.labels is None:
+            raise TrainingStopped(f"epoch {epoch}: no labels to sample from (the stage does not relabel and no "
+                                  "earlier stage made labels)")
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
         loader = build_train_loader(self.method.train_set, sampler, self.cfg.data, cache=self.cache)
         if len(loader) == 0:
@@ -306,37 +333,40 @@ class Trainer:
                 f"clusters, less than one batch of {self.cfg.data.batch_size}; lower data.batch_size, or raise "
                 "pseudo_labels.eps so that more samples are clustered")
         iters = self.cfg.optim.iters or len(loader)
-        self.model.train()
+        self._set_train_modes()
         sums: dict[str, float] = {}
         bar = tqdm(IterLoader(loader, iters), total=iters, desc=f"epoch {epoch} [{self.mode}]",
                    disable=None, leave=False, mininterval=5)
         for step, batch in enumerate(bar):
-            with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16), \
-                    camera_batch(self.model, batch["camid"] if self.cfg.model.camera_bn else None):
+            self.call_hooks("before_step", batch)
+            with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16):
                 out = self.method.step(batch, epoch)
             loss = out.losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingStopped(f"epoch {epoch} step {step}: loss is {loss.item()}; lower optim.lr "
                                       "or disable optim.amp")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.cfg.optim.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.method.optimize_step(out, self.optim, self.stage)
             with torch.no_grad():
                 self.method.after_step(batch, out.outputs)
             vals = {k: float(v.detach()) for k, v in out.losses.items()}
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v
-            for h in self.hooks:
-                h.after_step(self, vals)
+            self.call_hooks("after_step", vals)
             if (step + 1) % self.cfg.log_every == 0:
                 bar.set_postfix(loss=f"{vals['loss']:.3f}")
                 log.info("epoch %d [%d/%d] %s", epoch, step + 1, iters,
                          " ".join(f"{k} {v:.4f}" for k, v in vals.items()))
         return {k: v / iters for k, v in sums.items()}
+
+    def _set_train_modes(self) -> None:
+        """The stage's modules in train mode with their own ``requires_grad``; the others frozen (eval mode,
+        ``requires_grad=False``), so that neither their weights nor their batch-norm statistics move."""
+        train = self.stage.train if self.stage is not None else None
+        for name, module in self.modules.items():
+            on = train is None or name in train
+            module.train(on)
+            for p in module.parameters():
+                p.requires_grad_(on and self._trainable[id(p)])
 
     def evaluate(self, query: list[Sample] | None = None, gallery: list[Sample] | None = None) -> dict[str, float]:
         """Query/gallery evaluation with ``cfg.eval.protocol`` (percentages: mAP, mINP, rank1/5/10).
@@ -353,49 +383,74 @@ class Trainer:
                                   amp=self.use_amp)
 
     # ------------------------------------------------------------------ loop
-    def train(self) -> dict[str, Any]:
-        """Run (or continue) training; returns the final record (last evaluation, best epoch)."""
-        cfg = self.cfg
+    def call_hooks(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every hook, in priority order."""
         for h in self.hooks:
-            h.before_train(self)
-        if self.state.epoch == 0 and cfg.eval.every > 0:
-            before = self.evaluate()
-            if before:
-                log.info("before training [%s]: %s", self.mode, _fmt_metrics(before))
-                self._append_metrics({"epoch": -1, "mode": self.mode, "test": before})
+            getattr(h, event)(self, *args)
+
+    @property
+    def is_last_epoch(self) -> bool:
+        return self.epoch + 1 == self.total_epochs
+
+    def stage_bounds(self) -> list[tuple[int, int]]:
+        """``[start, end)`` global epochs of each stage."""
+        out, start = [], 0
+        for st in self.stages:
+            out.append((start, start + st.epochs))
+            start += st.epochs
+        return out
+
+    def enter_stage(self, index: int, fresh: bool) -> None:
+        """Make stage ``index`` current: the method sees it; with ``fresh`` (its first epoch, not a resume inside
+        it) and ``lr="restart"``, its optimisers restart their schedules (the first stage starts fresh anyway)."""
+        stage = self.stages[index]
+        self.stage = stage
+        self.method.stage = stage
+        if fresh and index > 0 and stage.lr == "restart":
+            self.optim.restart_schedules(stage.optimizers)
+        if len(self.stages) > 1:
+            log.info("stage %d/%d %r: epochs %d-%d, training %s, optimisers %s", index + 1, len(self.stages),
+                     stage.name, *self.stage_bounds()[index], list(stage.train or self.modules),
+                     list(stage.optimizers or self.optim.names))
+
+    def train(self) -> dict[str, Any]:
+        """Run (or continue) training; returns the last epoch's record (losses, pseudo-labels, evaluation)."""
+        cfg = self.cfg
+        self.call_hooks("before_train")
         t_start = time.time()
         record: dict[str, Any] = {}
-        for epoch in range(self.state.epoch, cfg.optim.epochs):
-            t0 = time.time()
-            for h in self.hooks:
-                h.before_epoch(self)
-            report = self.refresh(epoch)
-            losses = self.train_epoch(epoch)
-            self.scheduler.step()
-            record = {"epoch": epoch, "mode": self.mode, "lr": self.optimizer.param_groups[0]["lr"],
-                      "losses": losses, "pseudo_labels": report}
-            last = epoch + 1 == cfg.optim.epochs
-            if (epoch + 1) % cfg.eval.every == 0 or last:
-                record["test"] = self.evaluate()
-                log.info("epoch %d [%s] test: %s", epoch, self.mode, _fmt_metrics(record["test"]))
-                if cfg.eval.select == "val":
-                    record["val"] = self.evaluate(self.val_query, self.val_gallery)
-                    log.info("epoch %d [%s] validation: %s", epoch, self.mode, _fmt_metrics(record["val"]))
-            record["time_epoch_s"] = round(time.time() - t0, 2)
-            self.state.epoch = epoch + 1
-            is_best = self._is_best(record, last)
-            self.save(is_best)
-            self._append_metrics(record)
-            for h in self.hooks:
-                h.after_epoch(self, record)
-            log.info("epoch %d [%s] done in %.1fs: %s", epoch, self.mode, record["time_epoch_s"],
-                     " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
-        for h in self.hooks:
-            h.after_train(self)
+        for index, (start, end) in enumerate(self.stage_bounds()):
+            if self.state.epoch >= end:
+                continue
+            self.enter_stage(index, fresh=self.state.epoch == start)
+            self.call_hooks("before_stage", self.stage)
+            for epoch in range(max(start, self.state.epoch), end):
+                self.epoch = epoch
+                self.epoch_start = time.time()
+                record = self.record = {"epoch": epoch, "mode": self.mode}
+                if len(self.stages) > 1:
+                    record["stage"] = self.stage.name
+                self.call_hooks("before_epoch")
+                record["losses"] = self.train_epoch(epoch)
+                self.call_hooks("after_epoch", record)
+                log.info("epoch %d [%s] done in %.1fs: %s", epoch, self.mode, record["time_epoch_s"],
+                         " ".join(f"{k} {v:.4f}" for k, v in record["losses"].items()))
+            self.call_hooks("after_stage", self.stage)
+        self.call_hooks("after_train")
         log.info("training [%s] finished in %.1f min; best checkpoint (selected by %s): epoch %d -> %s",
                  self.mode, (time.time() - t_start) / 60, cfg.eval.select, self.state.best_epoch,
                  self.output_dir / "model_best.pth")
         return record
+
+    def commit_epoch(self, record: dict[str, Any], is_best: bool) -> None:
+        """The end of an epoch: checkpoint (and ``model_best.pth`` when ``is_best``), then the record."""
+        self.save(is_best)
+        self.append_metrics(record)
+
+    def is_best(self, record: dict[str, Any]) -> bool:
+        """Whether this epoch's model becomes ``model_best.pth`` (``eval.select``: the last epoch, or the best
+        validation mAP); never chosen on test results."""
+        return self._is_best(record, self.is_last_epoch)
 
     def _is_best(self, record: dict[str, Any], last: bool) -> bool:
         if self.cfg.eval.select == "last":
@@ -409,24 +464,33 @@ class Trainer:
             self.state.best_epoch = record["epoch"]
         return ok
 
-    def _append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` (keys in a fixed reading order: :data:`RECORD_ORDER` first)."""
+        ordered = {k: record[k] for k in RECORD_ORDER if k in record}
+        ordered.update({k: v for k, v in record.items() if k not in ordered})
         with open(self.output_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+            fh.write(json.dumps(ordered, default=_json_default) + "\n")
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, is_best: bool = False) -> Path:
-        """Atomically write ``checkpoint_last.pth`` (and ``model_best.pth`` when ``is_best``)."""
+        """Atomically write ``checkpoint_last.pth`` (and ``model_best.pth`` when ``is_best``).
+
+        The checkpoint holds every named module (``"model"``: the re-ID model, as ``model_best.pth`` and
+        ``unreid eval`` read it; ``"modules"``: the others), the optimisers, schedulers and scaler, the
+        method's labels and memories, the RNG states and the epoch counter.
+        """
         state = {
-            "format": "unreid-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
             "mode": self.mode,
             "config": to_dict(self.cfg),
             "epoch": self.state.epoch,
+            "stage": None if self.stage is None else self.stage.name,
             "best_score": self.state.best_score,
             "best_epoch": self.state.best_epoch,
+            "best_test": dict(self.state.best_test),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "modules": {n: m.state_dict() for n, m in self.modules.items() if m is not self.model},
+            "optim": self.optim.state_dict(),
             "method": to_tensors(self.method.state_dict()),
             "rng": rng_state(),
         }
@@ -437,20 +501,29 @@ class Trainer:
         return path
 
     def load(self, path: Path) -> None:
-        """Restore everything :meth:`save` wrote (exact resume)."""
+        """Restore everything :meth:`save` wrote (exact resume); also reads the first checkpoint format
+        (one optimiser: ``optimizer`` / ``scheduler`` / ``scaler`` keys)."""
         ckpt = load_checkpoint(path)
         saved_mode = ckpt.get("mode")
         if saved_mode != self.mode:
             raise ValueError(f"{path} is a {saved_mode} run; this config is {self.mode}")
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        for name, sd in ckpt.get("modules", {}).items():
+            if name not in self.modules:
+                raise ValueError(f"{path} holds module {name!r}, which method {self.cfg.method.name!r} does not have")
+            self.modules[name].load_state_dict(sd)
+        if "optim" in ckpt:
+            self.optim.load_state_dict(ckpt["optim"])
+        else:  # unreid-checkpoint-1
+            first = self.optim.names[0]
+            self.optim.load_state_dict({"optimizers": {first: ckpt["optimizer"]},
+                                        "schedulers": {first: ckpt["scheduler"]}, "scaler": ckpt["scaler"]})
         self.method.load_state_dict(ckpt["method"])
         set_rng_state(ckpt["rng"])
         self.state.epoch = int(ckpt["epoch"])
         self.state.best_score = float(ckpt["best_score"])
         self.state.best_epoch = int(ckpt["best_epoch"])
+        self.state.best_test = dict(ckpt.get("best_test") or {})
         log.info("resumed from %s after epoch %d", path, self.state.epoch - 1)
 
 
@@ -530,11 +603,6 @@ def load_model_from_checkpoint(path: str | Path, cfg: Config | None = None) -> t
     model = build_model(cfg.model, init_weights=False)
     model.load_state_dict(ckpt["model"])
     return model, cfg
-
-
-def _fmt_metrics(m: dict[str, float]) -> str:
-    keys = [k for k in ("mAP", "rank1", "rank5", "rank10", "mINP") if k in m]
-    return " ".join(f"{k} {m[k]:.1f}" for k in keys)
 
 
 def _json_default(o: Any) -> Any:

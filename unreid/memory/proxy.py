@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unreid.memory.base import Memory, MemoryContext
+
 
 def camera_proxies(labels: np.ndarray | Tensor, camids: np.ndarray | Tensor
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -255,3 +257,49 @@ def _per_camera_mean_sum(values: Tensor, cams: Tensor) -> Tensor:
     sums = values.new_zeros(len(uniq)).index_add(0, inv, values)
     counts = torch.bincount(inv, minlength=len(uniq)).to(values.dtype)
     return (sums / counts).sum()
+
+
+class CameraProxyBank(Memory):
+    """The camera-aware proxies as an engine memory: usable by any method (``method.camera.proxies``).
+
+    Wraps :class:`CameraProxyMemory` (CAP, Wang et al. AAAI 2021; O2CAP's online association as an
+    option). Built every epoch from the ``"global"`` features, the pseudo-labels and the camera ids
+    (:meth:`CameraProxyMemory.build`); its losses (:meth:`CameraProxyMemory.losses` with the batch's
+    ``outputs["features"]`` ``(B, d)`` and ``batch["index"]``) are **added to the method's loss**
+    (:attr:`auxiliary`), the method's own loss weighted by ``method_loss_weight``; the cross-camera terms
+    start at ``inter_start_epoch`` (CAP ``crosscam_epoch``). Updated after the optimiser step with the
+    same features.
+
+    Args:
+        cam: the ``method.camera`` config (``unreid.config.CameraConfig``).
+        device: where the proxies live.
+    """
+
+    auxiliary = True
+
+    def __init__(self, cam: Any, device: torch.device | str = "cpu") -> None:
+        self.cam = cam
+        self.own_loss_weight = float(cam.method_loss_weight)
+        self.proxies = CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives,
+                                         cam.inter_weight, device=device, intra_weight=cam.intra_weight,
+                                         online_weight=cam.online_weight, online_balance=cam.online_balance,
+                                         online_positives=cam.online_positives)
+
+    def build(self, features: dict[str, Tensor], labels: Any, ctx: MemoryContext) -> None:
+        self.proxies.build(features["global"], labels.labels, ctx.camids)
+
+    def losses(self, outputs: dict[str, Tensor], batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        return self.proxies.losses(outputs["features"], batch["index"], use_inter=epoch >= self.cam.inter_start_epoch)
+
+    @torch.no_grad()
+    def update(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> None:
+        self.proxies.update(outputs["features"].detach(), batch["index"])
+
+    def report(self) -> dict[str, Any]:
+        return self.proxies.report()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.proxies.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.proxies.load_state_dict(state)

@@ -1,7 +1,22 @@
-"""The contract between the trainer and a method (DESIGN.md, "A method's contract").
+"""The contract between the engine and a method (DESIGN.md, "A method's contract").
 
-The trainer owns the loop, optimiser, AMP, checkpoints and evaluation. A method owns
-pseudo-labelling, memories, the sampler, the losses and the memory updates.
+The engine (:mod:`unreid.engine.trainer`) owns the loop (stages -> epochs -> steps), the named
+optimisers and schedulers (:mod:`unreid.engine.optim`), AMP, checkpoints, evaluation and hooks. A method
+declares and owns the rest::
+
+    modules()        name -> nn.Module                 (saved and restored by name; "model" is the re-ID model)
+    param_groups()   name -> OptimizerSpec             (one optimiser + scheduler per name)
+    stages()         [Stage]                           (default: one stage of optim.epochs)
+    extract()        samples -> {"global": (N, d), ...} (features for labelling; more than one per image allowed)
+    make_labels()    features -> PseudoLabels           (clustering, or the true labels in the supervised reference)
+    build_memories() features, labels -> self.memories (name -> unreid.memory.base.Memory)
+    training_step()  batch -> StepOutput                (losses and the outputs memories are updated with)
+    optimize_step()  StepOutput -> None                 (default: one backward, one step of the stage's optimisers)
+    sampler()        labels -> torch Sampler            (P x K over pseudo-identities by default)
+
+Memories are updated by the engine after the optimiser step (:meth:`Method.after_step`, never inside
+autograd), saved and restored generically. The camera-aware proxies (``method.camera.proxies``) are one
+such memory (:class:`unreid.memory.proxy.CameraProxyBank`) whose losses join any method's loss.
 
 Ground truth: a method receives training samples whose ``pid`` is ``-1``. Only in the
 supervised reference mode (``method.supervised=true``) does the trainer hand it the true
@@ -22,11 +37,12 @@ from torch.utils.data import Sampler
 
 from unreid.config import Config
 from unreid.data.datasets.base import Sample
+from unreid.engine.optim import OptimizerSpec
+from unreid.memory.base import LabelMemory, Memory, MemoryContext
 from unreid.pseudo_labels.base import PseudoLabels
 
 if TYPE_CHECKING:
     from unreid.data.loader import ImageCache
-    from unreid.memory.proxy import CameraProxyMemory
 
 
 @dataclass
@@ -35,27 +51,91 @@ class StepOutput:
 
     Attributes:
         losses: named scalar losses; ``losses["loss"]`` is the total that is back-propagated.
-        outputs: tensors :meth:`Method.update_memory` needs (e.g. ``"features"``), detached there.
+        outputs: tensors the memory updates need (``"features"`` ``(B, d)`` with their graph,
+            ``"targets"`` ``(B,) int64``), detached there.
     """
 
     losses: dict[str, Tensor]
     outputs: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Stage:
+    """One training stage (e.g. GCL: warm-up, generator + discriminator with the encoder frozen, joint).
+
+    Attributes:
+        name: shown in logs and ``metrics.jsonl`` (``"stage"`` key when a method has several stages).
+        epochs: epochs of this stage (>= 1); stages run one after the other, epochs numbered globally.
+        train: names of the modules (:meth:`Method.modules`) that train; the others are **frozen**: eval
+            mode (batch-norm statistics do not move) and ``requires_grad=False``. ``None`` = all.
+        optimizers: names of the optimisers stepped in this stage (:meth:`Method.param_groups`); ``None`` = all.
+            Only these schedulers step at the end of each epoch.
+        losses: loss names the method switches on in this stage (read by the method; the engine ignores it).
+        sampler: ``data.sampler`` kind used in this stage (``None``: the config's).
+        lr: ``"continue"`` (the schedules go on across the boundary) or ``"restart"`` (the stage's optimisers
+            start again from their initial learning rate and a fresh schedule).
+        relabel: refresh the pseudo-labels and memories before each epoch of this stage.
+    """
+
+    name: str
+    epochs: int
+    train: tuple[str, ...] | None = None
+    optimizers: tuple[str, ...] | None = None
+    losses: tuple[str, ...] | None = None
+    sampler: str | None = None
+    lr: str = "continue"
+    relabel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"stage {self.name!r}: epochs must be >= 1, got {self.epochs}")
+        if self.lr not in ("continue", "restart"):
+            raise ValueError(f"stage {self.name!r}: lr must be 'continue' or 'restart', got {self.lr!r}")
+
+
+def takes_ids(module: nn.Module) -> bool:
+    """Whether ``module.forward`` accepts ``camids`` and ``modalities`` keywords (the architecture contract)."""
+    import inspect
+
+    cls = type(module)
+    if cls not in _TAKES_IDS:
+        params = inspect.signature(cls.forward).parameters
+        _TAKES_IDS[cls] = "camids" in params and "modalities" in params
+    return _TAKES_IDS[cls]
+
+
+_TAKES_IDS: dict[type, bool] = {}
+
+#: features extractor the engine gives a method: ``(model, samples) -> (N, d) float32`` L2-normalised, CPU
+Extractor = Callable[[nn.Module, list[Sample]], Tensor]
+
+
 class Method:
-    """Base class of every unsupervised re-ID method.
+    """Base class of every unsupervised re-ID method (the contract: module docstring).
 
     Args:
         cfg: the run configuration.
-        model: the re-ID network (``unreid.models.ReIDModel``); in train mode ``model(x)``
-            returns un-normalised features ``(B, d)``.
+        model: the re-ID network (``model(images, camids=None, modalities=None)``; in train mode
+            un-normalised features ``(B, d)``).
         train_set: training samples with ``pid == -1`` (labels hidden).
         supervised_labels: ``(N,) int64`` true identities, given only in the supervised
             reference mode; ``None`` otherwise.
         device: where memories live (the model's device).
+
+    Attributes:
+        labels: the current :class:`PseudoLabels` (``None`` before the first labelling).
+        memories: name -> :class:`~unreid.memory.base.Memory`, rebuilt by :meth:`build_memories`.
+        stage: the :class:`Stage` being trained (set by the engine).
+        image_cache: decoded training images the trainer shares (the hand-crafted prior reads them).
+
+    Raises:
+        ValueError: a training sample carries an identity (``pid != -1``).
     """
 
     name = "base"
+    #: the method's own config section under ``method`` (e.g. ``"hhcl"`` -> ``cfg.method.hhcl``, a dataclass of
+    #: ``unreid.config.MethodConfig``); ``None``: the method uses only the shared ``method`` keys
+    config_section: str | None = None
 
     def __init__(
         self,
@@ -75,17 +155,78 @@ class Method:
         self.device = torch.device(device)
         self.supervised_labels = None if supervised_labels is None else np.asarray(supervised_labels, np.int64)
         self.labels: PseudoLabels | None = None
-        #: camera-aware proxy memory (``method.camera.proxies``), rebuilt by :meth:`refresh`
-        self.proxy_memory = None
+        self.memories: dict[str, Memory] = {}
+        self.stage: Stage | None = None
         #: per-sample pseudo-label lookup on ``device``: ``(N,) int64``, -1 for outliers
         self.index_to_label: Tensor | None = None
-        #: colour-stripe histograms of the training images (``pseudo_labels.colour_weight``), made once
+        #: hand-crafted descriptors of the training images (``pseudo_labels.colour_weight``), made once
         self._colour: Tensor | None = None
-        #: decoded training images (:class:`unreid.data.loader.ImageCache`) the trainer shares, if any;
-        #: the colour histograms read from it instead of decoding the files again
         self.image_cache: ImageCache | None = None
 
-    # ------------------------------------------------------------------ pseudo-labels
+    @property
+    def settings(self) -> Any:
+        """The method's own config section (:attr:`config_section`), e.g. ``cfg.method.hhcl``.
+
+        Raises:
+            AttributeError: the method declares no section, or the config has none of that name.
+        """
+        if self.config_section is None:
+            raise AttributeError(f"{type(self).__name__} declares no config section (config_section)")
+        return getattr(self.cfg.method, self.config_section)
+
+    # ------------------------------------------------------------------ modules and optimisation
+    def modules(self) -> dict[str, nn.Module]:
+        """The trainable modules by name (saved in checkpoints; frozen by stages). Default ``{"model": model}``."""
+        return {"model": self.model}
+
+    def param_groups(self) -> dict[str, OptimizerSpec]:
+        """The named parameter groups, one optimiser each (:mod:`unreid.engine.optim`).
+
+        Default: ``{"model": the model's trainable parameters + extra_parameters()}`` with the ``optim``
+        section's settings.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad] + self.extra_parameters()
+        return {"model": OptimizerSpec(params)}
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters owned by the method outside its modules (joined to the ``model`` group)."""
+        return []
+
+    def stages(self) -> list[Stage]:
+        """The training stages. Default: one stage ``"train"`` of ``optim.epochs`` epochs, everything trains."""
+        return [Stage("train", int(self.cfg.optim.epochs))]
+
+    def optimize_step(self, out: StepOutput, optim: Any, stage: Stage) -> None:
+        """One optimisation step from ``out.losses["loss"]``: zero the stage's optimisers, back-propagate
+        (scaled under AMP), clip and step them (:class:`unreid.engine.optim.Optimizers`).
+
+        Override for other schemes (e.g. GAN-style alternating discriminator / generator updates); memory
+        updates are not part of it (the engine calls :meth:`after_step` afterwards).
+        """
+        optim.zero_grad(stage.optimizers)
+        optim.backward(out.losses["loss"])
+        optim.step(stage.optimizers)
+
+    # ------------------------------------------------------------------ features and labels
+    def extract(self, samples: list[Sample], extractor: Extractor) -> dict[str, Tensor]:
+        """Features of ``samples`` for labelling and memory building: ``{"global": (N, d) float32}``
+        (L2-normalised, test transform) by default. A method may add more per image (e.g. TCL's parts)."""
+        return {"global": extractor(self.model, samples)}
+
+    def make_labels(self, epoch: int, features: dict[str, Tensor]) -> PseudoLabels:
+        """This epoch's labels from ``features["global"]`` ``(N, d)``: the clustering (:meth:`pseudo_label`),
+        or the true labels in the supervised reference. With ``pseudo_labels.outliers=singleton`` every
+        outlier becomes a class of its own (:meth:`PseudoLabels.with_singletons`).
+
+        Raises:
+            unreid.pseudo_labels.NoClustersError: nothing clustered (the engine applies
+                ``pseudo_labels.on_no_clusters``).
+        """
+        labels = self.pseudo_label(epoch, features["global"])
+        if self.cfg.pseudo_labels.outliers == "singleton" and labels.source == "clustering":
+            labels = labels.with_singletons()
+        return labels
+
     def pseudo_label(self, epoch: int, features: Tensor) -> PseudoLabels:
         """Cluster ``features`` ``(N, d) float32, L2-normalised`` (or return the supervised labels)."""
         if self.supervised_labels is not None:
@@ -115,175 +256,191 @@ class Method:
         """``features`` ``(N, d)`` with the training images' hand-crafted descriptors appended
         (``pseudo_labels.colour_weight``; :func:`unreid.pseudo_labels.colour.append_colour`): colour-stripe
         histograms (``pseudo_labels.colour_descriptor=stripes``) or LOMO (``lomo``,
-        :mod:`unreid.pseudo_labels.lomo`), by :func:`~unreid.pseudo_labels.colour.load_descriptors`. They are computed once, on the first call, at the input size
-        (from :attr:`image_cache` when the trainer shares one, else from the files)."""
-        from unreid.pseudo_labels.colour import append_colour, load_descriptors
+        :mod:`unreid.pseudo_labels.lomo`), by :func:`~unreid.pseudo_labels.colour.load_descriptors`. They are
+        computed once, on the first call, at the input size (from :attr:`image_cache` when the trainer shares
+        one, else from the files)."""
+        from unreid.pseudo_labels.colour import append_colour
+
+        return append_colour(features, self.descriptors(), self.camids, self.cfg.pseudo_labels.colour_weight)
+
+    def descriptors(self) -> Tensor:
+        """The hand-crafted descriptors ``(N, D) float32`` of the training images, computed on the first call."""
+        from unreid.pseudo_labels.colour import load_descriptors
 
         if self._colour is None:
             size = (self.cfg.data.height, self.cfg.data.width)
             self._colour = load_descriptors([s.path for s in self.train_set], size,
                                             self.cfg.pseudo_labels.colour_descriptor, cache=self.image_cache)
-        return append_colour(features, self._colour, self.camids, self.cfg.pseudo_labels.colour_weight)
+        return self._colour
 
-    def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
-        """Make this epoch's labels from ``features`` ``(N, d) float32, L2-normalised``, rebuild memories.
+    def set_labels(self, labels: PseudoLabels) -> None:
+        """Make ``labels`` the current pseudo-labels (and the per-sample lookup :meth:`batch_targets` reads)."""
+        self.labels = labels
+        self.index_to_label = torch.as_tensor(labels.labels, dtype=torch.long, device=self.device)
 
-        Subclasses call ``super().refresh`` (or :meth:`set_labels`) and then build their memories.
-        With ``pseudo_labels.outliers=singleton`` the returned labels hold every outlier as a class of
-        its own (:meth:`PseudoLabels.with_singletons`); ``labels.cluster_labels`` is the clustering.
+    # ------------------------------------------------------------------ memories
+    def memory_names(self) -> list[str]:
+        """The memories :meth:`build_memories` creates, in update order: the method's own, then the shared
+        ``"camera_proxies"`` when ``method.camera.proxies``."""
+        return ["camera_proxies"] if self.cfg.method.camera.proxies else []
+
+    def new_memory(self, name: str) -> Memory:
+        """An empty memory ``name`` (built by :meth:`Memory.build` or restored by ``load_state_dict``).
+
+        Raises:
+            KeyError: a name this method does not know.
         """
-        labels = self.pseudo_label(epoch, features)
-        if self.cfg.pseudo_labels.outliers == "singleton" and labels.source == "clustering":
-            labels = labels.with_singletons()
+        if name == "camera_proxies":
+            from unreid.memory.proxy import CameraProxyBank
+
+            return CameraProxyBank(self.cfg.method.camera, device=self.device)
+        raise KeyError(f"{type(self).__name__} has no memory named {name!r}")
+
+    def memory_context(self, epoch: int) -> MemoryContext:
+        return MemoryContext(epoch=epoch, seed=int(self.cfg.seed), camids=self.camids, modalities=self.modalities,
+                             device=self.device)
+
+    def build_memories(self, epoch: int, features: dict[str, Tensor], labels: PseudoLabels) -> None:
+        """Rebuild every memory of :meth:`memory_names` from ``features`` and ``labels``; their reports join
+        ``labels.report``."""
+        ctx = self.memory_context(epoch)
+        self.memories = {}
+        for name in self.memory_names():
+            mem = self.new_memory(name)
+            mem.build(features, labels, ctx)
+            labels.report.update(mem.report())
+            self.memories[name] = mem
+
+    def refresh(self, epoch: int, features: Tensor | dict[str, Tensor]) -> PseudoLabels:
+        """:meth:`make_labels`, :meth:`set_labels` and :meth:`build_memories` in one call (what the engine's
+        labelling hook does each epoch; ``features`` a tensor means ``{"global": features}``)."""
+        feats = features if isinstance(features, dict) else {"global": features}
+        labels = self.make_labels(epoch, feats)
         self.set_labels(labels)
-        self.build_camera_proxies(features, labels)
+        self.build_memories(epoch, feats, labels)
         return labels
 
-    # ------------------------------------------------------------------ camera-aware proxies (shared)
-    def build_camera_proxies(self, features: Tensor, labels: PseudoLabels) -> None:
-        """With ``method.camera.proxies``: one proxy per (pseudo-id, camera), initialised from
-        ``features`` ``(N, d)`` (CAP, Wang et al. AAAI 2021; ``unreid.memory.proxy``)."""
-        cam = self.cfg.method.camera
-        if not cam.proxies:
-            self.proxy_memory = None
-            return
-        self.proxy_memory = self._new_proxy_memory()
-        self.proxy_memory.build(features, labels.labels, self.camids)
-        labels.report.update(self.proxy_memory.report())
+    # ------------------------------------------------------------------ training
+    def sampler(self, labels: PseudoLabels, seed: int) -> Sampler:
+        """The P x K sampler over the clustered samples (outliers left out); the stage's ``sampler`` kind
+        when it names one, else ``data.sampler``."""
+        from unreid.data.samplers import build_sampler
 
-    def _new_proxy_memory(self) -> CameraProxyMemory:
-        """An empty :class:`~unreid.memory.proxy.CameraProxyMemory` with ``method.camera``'s settings."""
-        from unreid.memory.proxy import CameraProxyMemory
+        kind = (self.stage.sampler if self.stage is not None else None) or self.cfg.data.sampler
+        return build_sampler(labels.labels, self.camids, batch_size=self.cfg.data.batch_size,
+                             num_instances=self.cfg.data.num_instances, kind=kind, seed=seed)
 
-        cam = self.cfg.method.camera
-        return CameraProxyMemory(cam.proxy_temperature, cam.proxy_momentum, cam.hard_negatives, cam.inter_weight,
-                                 device=self.device, intra_weight=cam.intra_weight,
-                                 online_weight=cam.online_weight, online_balance=cam.online_balance,
-                                 online_positives=cam.online_positives)
+    def forward(self, batch: dict[str, Tensor], module: nn.Module | None = None) -> Tensor:
+        """``module`` (default the model) on the batch images, with the batch's camera and modality ids
+        (``camids=`` / ``modalities=``) when its ``forward`` takes them (every registered architecture,
+        :mod:`unreid.models.registry`; a plain ``nn.Module`` gets the images alone)."""
+        m = self.model if module is None else module
+        img = batch["img"].to(self.device)
+        if not takes_ids(m):
+            return m(img)
+        cams, mods = batch.get("camid"), batch.get("modality")
+        return m(img, camids=None if cams is None else cams.to(self.device),
+                 modalities=None if mods is None else mods.to(self.device))
+
+    def batch_targets(self, batch: dict[str, Tensor]) -> Tensor:
+        """Pseudo-labels ``(B,) int64`` of the batch, looked up by dataset index."""
+        if self.index_to_label is None:
+            raise RuntimeError(f"{type(self).__name__}: refresh() must run before training steps")
+        return self.index_to_label[batch["index"].to(self.device)]
+
+    def training_step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:
-        """What the trainer calls: :meth:`training_step`, plus the camera-aware proxy losses when
-        ``method.camera.proxies`` is on (the method's own loss weighted by ``method_loss_weight``).
-
-        ``training_step`` must then return the batch features with their graph as
-        ``outputs["features"]`` ``(B, d)``.
-        """
-        out = self.training_step(batch)
-        pm = getattr(self, "proxy_memory", None)
-        if pm is None:
+        """What the engine calls: :meth:`training_step`, plus the loss terms of the auxiliary memories (the
+        camera-aware proxies), the method's own loss multiplied by their ``own_loss_weight``
+        (``method.camera.method_loss_weight``). ``training_step`` must then return the batch features with
+        their graph as ``outputs["features"]`` ``(B, d)``."""
+        out = self.training_step(batch, epoch)
+        aux = [m for m in self.memories.values() if m.auxiliary]
+        if not aux:
             return out
-        cam = self.cfg.method.camera
-        feats = out.outputs["features"]
-        terms = pm.losses(feats, batch["index"], use_inter=epoch >= cam.inter_start_epoch)
         losses = dict(out.losses)
-        losses["loss"] = cam.method_loss_weight * losses["loss"] + sum(terms.values())
-        losses.update({k: v.detach() for k, v in terms.items()})
+        total = losses["loss"]
+        for mem in aux:
+            terms = mem.losses(out.outputs, batch, epoch)
+            total = mem.own_loss_weight * total + sum(terms.values())
+            losses.update({k: v.detach() for k, v in terms.items()})
+        losses["loss"] = total
         return StepOutput(losses, out.outputs)
 
     @torch.no_grad()
     def after_step(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        """What the trainer calls after ``optimizer.step()``: :meth:`update_memory` and the proxy update."""
-        self.update_memory(batch, outputs)
-        pm = getattr(self, "proxy_memory", None)
-        if pm is not None:
-            pm.update(outputs["features"].detach(), batch["index"])
-
-    def set_labels(self, labels: PseudoLabels) -> None:
-        self.labels = labels
-        self.index_to_label = torch.as_tensor(labels.labels, dtype=torch.long, device=self.device)
-
-    def sampler(self, labels: PseudoLabels, seed: int) -> Sampler:
-        """The PxK sampler over the clustered samples (outliers left out)."""
-        from unreid.data.samplers import build_sampler
-
-        return build_sampler(
-            labels.labels,
-            self.camids,
-            batch_size=self.cfg.data.batch_size,
-            num_instances=self.cfg.data.num_instances,
-            kind=self.cfg.data.sampler,
-            seed=seed,
-        )
-
-    # ------------------------------------------------------------------ training
-    def batch_targets(self, batch: dict[str, Tensor]) -> Tensor:
-        """Pseudo-labels ``(B,) int64`` of the batch, looked up by dataset index."""
-        assert self.index_to_label is not None, "refresh() must run before training steps"
-        return self.index_to_label[batch["index"].to(self.device)]
-
-    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+        """After the optimiser step: every memory's update, in :attr:`memories` order."""
+        for mem in self.memories.values():
+            mem.update(outputs, batch)
 
     @torch.no_grad()
     def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        """Update memories after ``optimizer.step()`` (never inside autograd)."""
-
-    def extra_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters owned by the method (besides the model's)."""
-        return []
+        """The update of the method's own (non-auxiliary) memories only."""
+        for mem in self.memories.values():
+            if not mem.auxiliary:
+                mem.update(outputs, batch)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Memories and labels, so that a resumed run continues exactly."""
+        """Labels and every memory (``"memories"``: name -> state), so that a resumed run continues exactly."""
         state: dict[str, Any] = {"labels": None if self.labels is None else self.labels.labels.copy(),
                                  "num_clusters": None if self.labels is None else self.labels.num_clusters,
                                  "num_singletons": 0 if self.labels is None else self.labels.num_singletons}
-        pm = getattr(self, "proxy_memory", None)
-        if pm is not None:
-            state["proxy_memory"] = pm.state_dict()
+        state["memories"] = {name: mem.state_dict() for name, mem in self.memories.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (also the layout before named memories: ``"memory"`` and
+        ``"proxy_memory"`` keys, read as the method's main memory and ``"camera_proxies"``)."""
         if state.get("labels") is not None:
-            self.set_labels(PseudoLabels(state["labels"], int(state["num_clusters"]),
+            self.set_labels(PseudoLabels(np.asarray(state["labels"]), int(state["num_clusters"]),
                                          num_singletons=int(state.get("num_singletons", 0))))
+        saved = dict(state.get("memories") or {})
+        if "memory" in state and self.memory_names():
+            saved.setdefault(self.memory_names()[0], state["memory"])
         if state.get("proxy_memory") is not None:
-            self.proxy_memory = self._new_proxy_memory()
-            self.proxy_memory.load_state_dict(state["proxy_memory"])
+            saved.setdefault("camera_proxies", state["proxy_memory"])
+        self.memories = {}
+        for name, sd in saved.items():
+            mem = self.new_memory(name)
+            mem.load_state_dict(sd)
+            self.memories[name] = mem
 
 
 class MemoryMethod(Method):
-    """A method whose loss lives in one memory rebuilt every epoch (Cluster Contrast, HHCL).
+    """A method whose loss lives in one label-indexed memory rebuilt every epoch (Cluster Contrast, HHCL).
 
-    Subclasses set :attr:`memory_shape_key` (the saved tensor whose shape is ``(clusters, d)``) and
-    implement :meth:`_new_memory`; the memory object provides ``update(features, targets)``,
-    ``state_dict()`` and ``load_state_dict(state)``. This class supplies the memory update after the
-    optimizer step and the exact save / restore of the memory in checkpoints.
+    Subclasses set :attr:`memory_name` and implement :meth:`new_memory` for it (a
+    :class:`~unreid.memory.base.LabelMemory`). :attr:`memory` is the memory object itself
+    (``ClusterMemory`` / ``HybridMemory``).
     """
 
-    memory: Any = None
-    #: key of the memory's state dict whose tensor has shape ``(num_clusters, num_features)``
-    memory_shape_key = "features"
+    #: the name of the method's own memory in :attr:`memories`
+    memory_name = "cluster"
 
-    def _new_memory(self, num_features: int, num_clusters: int) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def memory_names(self) -> list[str]:
+        return [self.memory_name, *super().memory_names()]
+
+    @property
+    def memory(self) -> Any:
+        """The method's own memory object, ``None`` before the first build."""
+        bank = self.memories.get(self.memory_name)
+        return None if bank is None else bank.bank
 
     def require_memory(self, where: str) -> Any:
         """The memory; ``RuntimeError`` naming ``where`` when no epoch has built it yet."""
         if self.memory is None:
-            raise RuntimeError(f"{type(self).__name__}.{where} before refresh()/build_memory(): no memory yet")
+            raise RuntimeError(f"{type(self).__name__}.{where} before refresh()/build_memories(): no memory yet")
         return self.memory
 
-    @torch.no_grad()
-    def update_memory(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> None:
-        """The memory's momentum update with the step's (detached) features and pseudo-labels
-        (``outputs["features"]`` ``(B, d)``, ``outputs["targets"]`` ``(B,)``), after ``optimizer.step()``."""
-        self.require_memory("update_memory").update(outputs["features"].detach(), outputs["targets"])
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base state (labels, proxies) plus ``"memory"``: exact copies of the memory's tensors."""
-        state = super().state_dict()
-        if self.memory is not None:
-            state["memory"] = self.memory.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; the memory comes back bit for bit."""
-        super().load_state_dict(state)
-        if state.get("memory") is not None:
-            shape = state["memory"][self.memory_shape_key].shape
-            self.memory = self._new_memory(int(shape[1]), int(shape[0]))
-            self.memory.load_state_dict(state["memory"])
+    def build_memory(self, features: Tensor, labels: PseudoLabels, epoch: int = 0) -> None:
+        """Build the method's own memory alone from ``features`` ``(N, d) float32`` and ``labels``."""
+        bank = self.new_memory(self.memory_name)
+        assert isinstance(bank, LabelMemory)
+        bank.build({"global": features}, labels, self.memory_context(epoch))
+        self.memories[self.memory_name] = bank
 
 
 METHODS: dict[str, Callable[..., Method]] = {}

@@ -2,8 +2,8 @@
 ACCV 2022): the baseline every other method here builds on.
 
 Each epoch (``Trainer``): pseudo-labels from k-reciprocal Jaccard distances + DBSCAN
-(:meth:`Method.refresh`), then a :class:`~unreid.memory.cluster.ClusterMemory` initialised from the
-normalised cluster centroids of the extracted features (:meth:`ClusterContrast.build_memory`). Each step:
+(:meth:`Method.make_labels`), then a :class:`~unreid.memory.cluster.ClusterMemory` initialised from the
+normalised cluster centroids of the extracted features (:meth:`Method.build_memories`). Each step:
 ClusterNCE of the batch features against the memory; after ``optimizer.step()``: the momentum update.
 Reference: alibaba/cluster-contrast-reid @57b62e9 (``clustercontrast/models/cm.py``,
 ``examples/cluster_contrast_train_usl.py``); deviations in docs/methods/cluster_contrast.md.
@@ -16,45 +16,42 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from unreid.memory.base import LabelMemory
 from unreid.memory.cluster import ClusterMemory
 from unreid.methods.base import MemoryMethod, StepOutput, register_method
-from unreid.pseudo_labels.base import PseudoLabels
 
 
 @register_method("cluster_contrast")
 class ClusterContrast(MemoryMethod):
-    """Cluster Contrast on the shared engine (see module docstring and :class:`Method`)."""
+    """Cluster Contrast on the shared engine (see module docstring and :class:`Method`).
 
-    memory: ClusterMemory | None = None
+    Memories: ``"cluster"`` (:class:`~unreid.memory.cluster.ClusterMemory`: one row per cluster, the
+    L2-normalised mean of its rows of the epoch's features, outliers ignored), plus the shared ones of
+    :meth:`Method.memory_names`.
+    """
 
-    def _new_memory(self, num_features: int, num_clusters: int) -> ClusterMemory:
+    memory_name = "cluster"
+
+    def new_memory(self, name: str) -> LabelMemory:
+        if name != self.memory_name:
+            return super().new_memory(name)
         m = self.cfg.method
-        return ClusterMemory(num_features, num_clusters, m.temperature, m.momentum, m.memory_update, self.device)
+        return LabelMemory(lambda d, c: ClusterMemory(d, c, m.temperature, m.momentum, m.memory_update, self.device))
 
-    def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
-        """Pseudo-labels (``Method.refresh``), then this epoch's memory from ``features`` ``(N, d)``."""
-        labels = super().refresh(epoch, features)
-        self.build_memory(features, labels)
-        return labels
-
-    def build_memory(self, features: Tensor, labels: PseudoLabels) -> None:
-        """A fresh cluster memory: ``labels.num_clusters`` rows, each the L2-normalised mean of its
-        cluster's rows of ``features`` ``(N, d) float32`` (outliers ignored)."""
-        self.memory = self._new_memory(int(features.shape[1]), labels.num_clusters)
-        self.memory.init_from_features(features, labels.labels)
-
-    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+    def training_step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:
         """ClusterNCE of the batch.
 
         Args:
-            batch: ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,) int64`` dataset indices.
+            batch: ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,) int64`` dataset indices (``camid``
+                ``(B,) int64`` passed to the model when present).
+            epoch: the epoch being trained (unused by ClusterNCE).
 
         Returns:
             losses ``{"loss", "cluster_nce"}``; outputs ``{"features": (B, d)`` (with their graph, as
             :meth:`Method.step` needs for the optional camera-aware proxy losses), ``"targets": (B,)}``.
         """
         memory = self.require_memory("training_step")
-        feats = self.model(batch["img"].to(self.device))
+        feats = self.forward(batch)
         targets = self.batch_targets(batch)
         loss = memory.loss(feats, targets)
         return StepOutput({"loss": loss, "cluster_nce": loss.detach()}, {"features": feats, "targets": targets})

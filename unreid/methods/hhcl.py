@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unreid.memory.base import LabelMemory, MemoryContext
 from unreid.memory.hybrid import HybridMemory
 from unreid.methods.base import MemoryMethod, StepOutput, register_method
 from unreid.pseudo_labels.base import PseudoLabels
@@ -37,47 +38,48 @@ def slot_generator(seed: int, epoch: int) -> torch.Generator:
 class HHCL(MemoryMethod):
     """HHCL on the shared engine (see module docstring and :class:`Method`)."""
 
-    memory: HybridMemory | None = None
-    memory_shape_key = "centroids"
+    memory_name = "hybrid"
+    config_section = "hhcl"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        h = self.cfg.method.hhcl
+        h = self.settings
         if h.variant == "cmhybrid_v2" and h.num_slots < self.cfg.data.num_instances:
             log.warning("HHCL CMhybrid_v2: method.hhcl.num_slots=%d < data.num_instances=%d; a batch may hold "
                         "more images of a cluster than there are slots and only the first %d are written (the "
                         "public code ties P to --num-instances)", h.num_slots, self.cfg.data.num_instances,
                         h.num_slots)
 
-    def _new_memory(self, num_features: int, num_clusters: int) -> HybridMemory:
-        m, h = self.cfg.method, self.cfg.method.hhcl
-        return HybridMemory(num_features, num_clusters, variant=h.variant, temperature=m.temperature,
-                            momentum=m.momentum, hard_weight=h.hard_weight, legacy_weighting=h.legacy_weighting,
-                            num_slots=h.num_slots, label_smoothing=h.label_smoothing, device=self.device)
+    def new_memory(self, name: str) -> LabelMemory:
+        if name != self.memory_name:
+            return super().new_memory(name)
+        m, h = self.cfg.method, self.settings
+        return HybridBank(lambda d, c: HybridMemory(
+            d, c, variant=h.variant, temperature=m.temperature, momentum=m.momentum, hard_weight=h.hard_weight,
+            legacy_weighting=h.legacy_weighting, num_slots=h.num_slots, label_smoothing=h.label_smoothing,
+            device=self.device), shape_key="centroids")
 
-    def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
-        """Pseudo-labels (``Method.refresh``), then this epoch's hybrid memory from ``features`` ``(N, d)``."""
-        labels = super().refresh(epoch, features)
-        self.build_memory(features, labels, epoch)
-        return labels
-
-    def build_memory(self, features: Tensor, labels: PseudoLabels, epoch: int = 0) -> None:
-        """A fresh hybrid memory from ``features`` ``(N, d) float32`` and ``labels``; the CMhybrid_v2
-        slots are drawn with :func:`slot_generator` ``(cfg.seed, epoch)``."""
-        self.memory = self._new_memory(int(features.shape[1]), labels.num_clusters)
-        self.memory.init_from_features(features, labels.labels, generator=slot_generator(self.cfg.seed, epoch))
-
-    def training_step(self, batch: dict[str, Tensor]) -> StepOutput:
+    def training_step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:
         """The hybrid loss of the batch.
 
         Args:
-            batch: ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,) int64`` dataset indices.
+            batch: ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,) int64`` dataset indices (``camid``
+                ``(B,) int64`` passed to the model when present).
+            epoch: the epoch being trained (unused by the hybrid loss).
 
         Returns:
             losses ``{"loss", "centroid_nce", "hard_nce"}``; outputs ``{"features": (B, d)`` (with their
             graph, as :meth:`Method.step` needs for the optional camera-aware losses), ``"targets": (B,)}``.
         """
         memory = self.require_memory("training_step")
-        feats = self.model(batch["img"].to(self.device))
+        feats = self.forward(batch)
         targets = self.batch_targets(batch)
         return StepOutput(memory.losses(feats, targets), {"features": feats, "targets": targets})
+
+
+class HybridBank(LabelMemory):
+    """HHCL's hybrid memory as an engine memory: its CMhybrid_v2 slots are drawn with
+    :func:`slot_generator` ``(seed, epoch)``, so that a resumed run draws what an uninterrupted one would."""
+
+    def init_bank(self, features: Tensor, labels: PseudoLabels, ctx: MemoryContext) -> None:
+        self.bank.init_from_features(features, labels.labels, generator=slot_generator(ctx.seed, ctx.epoch))

@@ -118,6 +118,8 @@ def convert_camera_bn(model: nn.Module) -> nn.Module:
                              "which camera BN cannot split (it supports torch BatchNorm1d/2d and BNNeck); "
                              "choose a torchvision ResNet or EfficientNet-Lite backbone, or set model.camera_bn=false")
         m.__class__ = _camera_class(type(m))
+    if hasattr(model, "_camera_bn"):
+        model._camera_bn = None  # ReIDModel.camera_bn is re-read after a conversion
     return model
 
 

@@ -67,6 +67,7 @@ class ReIDModel(nn.Module):
         self.neck: nn.Module = BNNeck(dim) if cfg.bnneck else nn.Identity()
         self.dropout: nn.Module = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.feature_dim = dim
+        self._camera_bn: bool | None = None  # cached by the camera_bn property
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The feature that enters the BNNeck (pooled, after the embedding when there is one).
@@ -75,17 +76,43 @@ class ReIDModel(nn.Module):
         """
         return self.embedding(self.pool(self.backbone(x))).float()
 
-    def forward(self, x: Tensor, return_map: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, camids: Tensor | None = None, modalities: Tensor | None = None,
+                return_map: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Re-ID features.
 
         Args:
             x: ``(B, 3, H, W)`` float images (ImageNet-normalised).
+            camids: ``(B,) int64`` camera ids of the images. With camera-based BN (``model.camera_bn``) in
+                train mode, each camera's images are normalised with their own batch statistics
+                (:mod:`unreid.models.camera_bn`); ignored by a plain model and in eval mode.
+            modalities: ``(B,) int64`` modality ids (0 visible, 1 infrared); ignored by this single-stream
+                model (accepted so that every architecture has one call signature).
             return_map: also return the backbone feature map (for part / stripe features).
 
         Returns:
             ``f``: ``(B, feature_dim)`` float32 - un-normalised in train mode, unit L2 norm in eval mode
             (see class docstring); with ``return_map``, ``(f, fmap)`` where ``fmap`` is ``(B, C, H', W')``.
+
+        Raises:
+            ValueError: ``camids`` does not have one entry per image (camera BN only).
         """
+        if camids is not None and self.training and self.camera_bn:
+            from unreid.models.camera_bn import camera_batch
+
+            with camera_batch(self, camids):
+                return self._forward(x, return_map)
+        return self._forward(x, return_map)
+
+    @property
+    def camera_bn(self) -> bool:
+        """Whether the BN layers are camera-based (:func:`unreid.models.camera_bn.convert_camera_bn`)."""
+        from unreid.models.camera_bn import camera_bn_layers
+
+        if self._camera_bn is None:
+            self._camera_bn = bool(camera_bn_layers(self))
+        return self._camera_bn
+
+    def _forward(self, x: Tensor, return_map: bool) -> Tensor | tuple[Tensor, Tensor]:
         fmap = self.backbone(x)
         f = self.neck(self.embedding(self.pool(fmap))).float()
         if self.training:
@@ -139,11 +166,21 @@ def build_model(cfg: ModelConfig, init_weights: bool = True) -> ReIDModel:
         ValueError: unknown backbone or pooling, bad embedding_dim / dropout / gem_p / last_stride /
             camera_bn_images, or ``model.camera_bn`` with a BN layer camera BN cannot split.
 
-    With ``cfg.camera_bn`` the BN layers are camera-based (:func:`unreid.models.camera_bn.convert_camera_bn`).
+    ``cfg.arch`` picks the architecture from :data:`unreid.models.registry.ARCHITECTURES` (``"reid"``:
+    :func:`build_reid_model`). With ``cfg.camera_bn`` the BN layers are camera-based
+    (:func:`unreid.models.camera_bn.convert_camera_bn`).
     """
     if cfg.camera_bn_images < 2:
         raise ValueError(f"model.camera_bn_images must be >= 2 (images per camera for its BN statistics), "
                          f"got {cfg.camera_bn_images}")
+    from unreid.models.registry import build_architecture
+
+    return build_architecture(cfg, init_weights=init_weights)
+
+
+def build_reid_model(cfg: ModelConfig, init_weights: bool = True) -> ReIDModel:
+    """The ``"reid"`` architecture: :class:`ReIDModel` on :func:`build_backbone`, with camera-based BN
+    layers when ``cfg.camera_bn`` (:func:`unreid.models.camera_bn.convert_camera_bn`)."""
     model = ReIDModel(build_backbone(cfg, init_weights=init_weights), cfg)
     if cfg.camera_bn:
         from unreid.models.camera_bn import convert_camera_bn
