@@ -177,16 +177,22 @@ def test_rho_gives_each_group_its_eps_and_no_single_eps():
 
 # ------------------------------------------------------------------------------------ matches (MBCCM)
 def two_modalities(seed: int = 0, n: int = 10):
-    """Modality 0: clusters A0 ~ e1, A1 ~ e2. Modality 1: B0 ~ e1, B1 ~ e2, B2 ~ e1 + 0.5 e3.
+    """Modality 0: clusters A0 ~ e1, A1 ~ e2. Modality 1: B0 ~ e1, B1 ~ e1 + 0.5 e3, B2 ~ e1 + 0.5 e2 + 0.5 e4.
 
-    Squared distances of the normalised centroids (A rows, B columns): A0 (0, 2, 0.211), A1 (2, 0, 2).
-    Hungarian on the rows: A0-B0, A1-B1; with the rows repeated k = 3 // 2 + 1 = 2 times every column
-    gets a row: B0-A0, B1-A1, B2-A0 (0.211 < 2). Relaxing adds nothing (no other cluster is as close):
-    matches A0-B0, A0-B2, A1-B1; partners A0 2, A1 1, B0 1, B1 1, B2 1, mean 6 / 5.
+    Squared distances of the normalised centroids (A rows, B columns; 2 - 2 cos):
+    A0 (0, 0.211, 0.367), A1 (2, 2, 1.184).
+    * Hungarian on the rows: A0-B0 + A1-B2 (1.184) beats A1 taking B0 or B1 (2). Relaxed: A0 gets every
+      column with cost <= 0 (B0 only), A1 every column <= 1.184 (B2 only).
+    * Rows repeated k = 3 // 2 + 1 = 2 times, every column gets one row: A0, A0, A1 for (B0, B1, B2)
+      costs 1.578, the best (A1 on B0: 2.578, on B1: 2.367). Relaxed: B0 gets every row <= 0 (A0),
+      B1 every row <= 0.211 (A0), B2 every row <= 1.184: A1 **and A0** (0.367).
+    Matches: A0-B0, A0-B1, A0-B2, A1-B2 (without relaxation A0-B2 is missing); partners A0 3, A1 1,
+    B0 1, B1 1, B2 2: mean 8 / 5.
     """
     rng = np.random.default_rng(seed)
     e = np.eye(8)
-    centres = {("A", 0): e[0], ("A", 1): e[1], ("B", 0): e[0], ("B", 1): e[1], ("B", 2): e[0] + 0.5 * e[2]}
+    centres = {("A", 0): e[0], ("A", 1): e[1], ("B", 0): e[0], ("B", 1): e[0] + 0.5 * e[2],
+               ("B", 2): e[0] + 0.5 * e[1] + 0.5 * e[3]}
     feats, mods, truth = [], [], []
     for (side, k), c in centres.items():
         for _ in range(n):
@@ -216,10 +222,10 @@ def test_matches_keep_labels_apart_and_return_the_bilateral_pairs():
     assert {ids["A0"], ids["A1"]} == {0, 1}  # modality 0's clusters first, modality 1's offset by 2
     np.testing.assert_array_equal(pl.groups, mods)
     np.testing.assert_array_equal(pl.group_of_cluster, [0 if name[c][0] == "A" else 1 for c in range(5)])
-    assert pl.matches.dtype == np.int64 and pl.matches.shape == (3, 2)
-    assert {(name[a], name[b]) for a, b in pl.matches} == {("A0", "B0"), ("A0", "B2"), ("A1", "B1")}
-    assert pl.report["mean_partners"] == pytest.approx(6 / 5)
-    assert pl.report["matched_pairs"] == 3 and pl.report["per_modality_clusters"] == {0: 2, 1: 3}
+    assert pl.matches.dtype == np.int64 and pl.matches.shape == (4, 2)
+    assert {(name[a], name[b]) for a, b in pl.matches} == {("A0", "B0"), ("A0", "B1"), ("A0", "B2"), ("A1", "B2")}
+    assert pl.report["mean_partners"] == pytest.approx(8 / 5)
+    assert pl.report["matched_pairs"] == 4 and pl.report["per_modality_clusters"] == {0: 2, 1: 3}
     assert pl.report["num_clusters"] == 5
     assert "group by modality" in pipe.describe() and "keep bilateral matches" in pipe.describe()
 
