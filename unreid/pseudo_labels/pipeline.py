@@ -298,7 +298,8 @@ class LabelPipeline:
         self.cfg = cfg if cfg is not None else getattr(labeller, "cfg", PseudoLabelConfig())
 
     def __call__(self, features: Tensor) -> PseudoLabels:
-        """Pseudo-labels of ``features`` ``(N, d) float32`` (L2-normalised; CPU).
+        """Pseudo-labels of ``features`` ``(N, d) float32`` (L2-normalised; the trainer's are on CPU;
+        the centroids matched across groups are moved there).
 
         Returns:
             :class:`PseudoLabels` with ``source="clustering"``. Ungrouped: the labeller's result
@@ -347,7 +348,7 @@ class LabelPipeline:
             keep = pl.labels >= 0
             labels[idx[keep]] = pl.labels[keep] + offset
             clustered.append((int(g), np.arange(offset, offset + pl.num_clusters),
-                              cluster_centroids(feats[idx], pl.labels, pl.num_clusters)))
+                              cluster_centroids(feats[idx], pl.labels, pl.num_clusters).cpu()))
             per_group[int(g)] = pl.num_clusters
             per_group_eps[int(g)] = pl.eps
             offset += pl.num_clusters
