@@ -166,6 +166,21 @@ def test_group_by_camera_is_the_former_matching_and_keeps_merge_mode():
         assert f"merge matched clusters ({mode})" in pipe.describe()
 
 
+def test_a_lone_sample_and_a_clusterless_camera_as_before():
+    """A camera with one image is left out (not in the report); one whose images form no cluster
+    reports 0 clusters; both leave their samples outliers, as the former per-camera merge did."""
+    f, cams, _, _ = camera_set(seed=3)
+    rng = np.random.default_rng(0)
+    extra = F.normalize(torch.tensor(rng.normal(size=(3, f.shape[1])), dtype=torch.float32), dim=1)
+    f, cams = torch.cat([f, extra]), np.concatenate([cams, [7, 8, 8]])
+    cfg = load_config(None, SMALL + ["method.camera.matching=true"])
+    got, expected = build_label_pipeline(cfg, cams)(f), _former_cross_camera_labels(f, cams, cfg.pseudo_labels)
+    np.testing.assert_array_equal(got.labels, expected.labels)
+    assert got.report == expected.report
+    assert 7 not in got.report["per_camera_clusters"] and got.report["per_camera_clusters"][8] == 0
+    assert (got.labels[-3:] == -1).all()
+
+
 def test_rho_gives_each_group_its_eps_and_no_single_eps():
     f, cams, _, _ = camera_set(seed=2)
     cfg = load_config(None, SMALL + ["method.camera.matching=true", "pseudo_labels.rho=0.02"])
