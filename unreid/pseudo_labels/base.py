@@ -27,7 +27,8 @@ class PseudoLabels:
             in, when the groups' clusters are kept apart (``pseudo_labels.association=matches``).
         matches: ``(M, 2) int64`` or ``None``: pairs of cluster ids (global, ``< num_clusters``)
             matched across groups (MBCCM's bilateral matches, ``association=matches``); each pair
-            is ``(cluster of the earlier group, cluster of the later group)``, pairs sorted.
+            is ``(cluster of the earlier group, cluster of the later group)``, in the order of
+            :func:`unreid.pseudo_labels.matching.cluster_matches` (sorted when there are two groups).
     """
 
     labels: np.ndarray
