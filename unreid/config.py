@@ -125,6 +125,19 @@ class PseudoLabelConfig:
     #: unreid.pseudo_labels.colour) | "lomo" (LOMO, Liao et al. CVPR 2015: Retinex HSV + SILTP texture,
     #: local maximal occurrence, 3 scales; unreid.pseudo_labels.lomo)
     colour_descriptor: str = "stripes"
+    #: which samples are clustered together (unreid.pseudo_labels.pipeline): "auto" (= "camera" when
+    #: method.camera.matching=true, else "none": the recipes so far) | "none" (the whole set at once, Cluster
+    #: Contrast) | "camera" (each camera on its own: MBCCM's per-modality clustering applied to cameras, our own
+    #: application) | "modality" (each modality on its own: MBCCM, Cheng et al. ACM MM 2023; ANCHORS.md)
+    group_by: str = "auto"
+    #: how the groups' clusters meet (group_by != none): "auto" (group_by=camera -> "merge", as
+    #: method.camera.matching did; modality -> "matches", as MBCCM) | "merge" (matched clusters share one label,
+    #: unreid.pseudo_labels.matching.cross_camera_labels) | "matches" (labels stay per group; MBCCM's many-to-many
+    #: bilateral matches are kept as data, FranklinLingfeng/MBCCM-master-MM-23 trainer.py)
+    association: str = "auto"
+    #: association=merge: which matches merge clusters: "one_to_one" (the Hungarian assignment, our choice:
+    #: the looser ones chain into giant clusters, docs/methods/camera_aware.md) | "bilateral" | "relaxed" (MBCCM's)
+    merge_mode: str = "one_to_one"
 
 
 @dataclass
@@ -267,6 +280,9 @@ _CHOICES = {
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "pseudo_labels.outliers": {"drop", "singleton"},
     "pseudo_labels.colour_descriptor": {"stripes", "lomo"},  # unreid.pseudo_labels.colour.DESCRIPTORS
+    "pseudo_labels.group_by": {"auto", "none", "camera", "modality"},  # unreid.pseudo_labels.pipeline
+    "pseudo_labels.association": {"auto", "merge", "matches"},
+    "pseudo_labels.merge_mode": {"one_to_one", "bilateral", "relaxed"},  # unreid.pseudo_labels.matching.MATCH_MODES
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},
@@ -345,6 +361,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"method.camera: need ca_k1_intra >= 1, ca_k1_inter >= 0, ca_k2_intra >= 1, ca_k2_inter >= 0 "
                 f"(got {c.ca_k1_intra}, {c.ca_k1_inter}, {c.ca_k2_intra}, {c.ca_k2_inter})")
+    check_grouping(cfg)
     o = cfg.optim
     if o.lr <= 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
         raise ConfigError(
@@ -363,6 +380,37 @@ def validate(cfg: Config) -> Config:
     if cfg.eval.select == "val" and not 0.0 < cfg.eval.val_fraction < 1.0:
         raise ConfigError("eval.select=val needs eval.val_fraction in (0, 1)")
     return cfg
+
+
+def resolve_grouping(cfg: Config) -> tuple[str, str]:
+    """``(group_by, association)`` with ``"auto"`` resolved (``association`` is ``"none"`` when
+    ``group_by`` is ``"none"``): ``method.camera.matching=true`` means ``("camera", "merge")``, else
+    ``("none", "none")``; ``group_by=camera`` defaults to ``merge``, ``modality`` to ``matches``."""
+    p, matching = cfg.pseudo_labels, cfg.method.camera.matching
+    group_by = p.group_by if p.group_by != "auto" else ("camera" if matching else "none")
+    if group_by == "none":
+        return group_by, "none"
+    association = p.association if p.association != "auto" else ("matches" if group_by == "modality" else "merge")
+    return group_by, association
+
+
+def check_grouping(cfg: Config) -> None:
+    """Reject contradictory ``pseudo_labels.group_by`` / ``association`` / ``method.camera`` settings."""
+    p, c = cfg.pseudo_labels, cfg.method.camera
+    if c.matching and p.group_by not in ("auto", "camera"):
+        raise ConfigError(f"method.camera.matching=true clusters each camera on its own; it contradicts "
+                          f"pseudo_labels.group_by={p.group_by} (use group_by=camera, or matching=false)")
+    if c.matching and p.association not in ("auto", "merge"):
+        raise ConfigError(f"method.camera.matching=true merges the cameras' clusters; it contradicts "
+                          f"pseudo_labels.association={p.association} (use group_by=camera with "
+                          f"association={p.association} and matching=false)")
+    group_by, _ = resolve_grouping(cfg)
+    if group_by == "none" and p.association != "auto":
+        raise ConfigError(f"pseudo_labels.association={p.association} associates clusters across groups, but "
+                          f"pseudo_labels.group_by={p.group_by} makes a single group: set group_by=camera or modality")
+    if c.neighbourhood == "ca_jaccard" and group_by != "none":
+        raise ConfigError(f"method.camera.neighbourhood=ca_jaccard needs every camera in one clustering; it "
+                          f"cannot be combined with pseudo_labels.group_by={group_by} (per-group clustering)")
 
 
 def _to_dataclass(conf: DictConfig) -> Config:

@@ -9,7 +9,9 @@ Modules: ``knn.py`` (exact blocked / faiss / HNSW neighbours), ``jaccard.py`` (s
 encoding and Jaccard distance, equal to the shared dense reference), ``cluster.py`` (DBSCAN on the
 sparse graph, rho-adaptive eps, InfoMap), ``quality.py`` (the report), ``camera.py``,
 ``ca_jaccard.py`` and ``matching.py`` (camera-aware options), ``colour.py`` and ``lomo.py`` (the
-hand-crafted prior, ``pseudo_labels.colour_weight`` / ``colour_descriptor``).
+hand-crafted prior, ``pseudo_labels.colour_weight`` / ``colour_descriptor``). ``pipeline.py`` composes
+them from the config (``build_label_pipeline``: transforms -> grouping -> labeller per group ->
+association), the entry point of the methods.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bilateral many-to-many cluster matching, and its use to merge clusters across cameras.
 
-``bilateral_cluster_matching`` reproduces MBCCM's matching (He et al., ACM MM 2023, "Efficient
+``bilateral_cluster_matching`` reproduces MBCCM's matching (Cheng et al., ACM MM 2023, "Efficient
 Bilateral Cross-Modality Cluster Matching"; FranklinLingfeng/MBCCM-master-MM-23 @3492a38,
 ``trainer.py`` ``mbccm_matching``, as summarised in ``../shared/ANCHORS.md``):
 
@@ -128,11 +128,85 @@ def cluster_each_camera(features: torch.Tensor, camids: np.ndarray,
         except NoClustersError:
             out[int(c)] = (idx, None, None)
             continue
-        keep = pl.labels >= 0
-        sums = torch.zeros(pl.num_clusters, feats.shape[1]).index_add_(
-            0, torch.as_tensor(pl.labels[keep]), feats[idx[keep]])
-        out[int(c)] = (idx, pl, F.normalize(sums, dim=1))
+        out[int(c)] = (idx, pl, cluster_centroids(feats[idx], pl.labels, pl.num_clusters))
     return out
+
+
+def cluster_centroids(features: torch.Tensor, labels: np.ndarray, num_clusters: int) -> torch.Tensor:
+    """``(num_clusters, d) float32`` L2-normalised mean feature of every cluster.
+
+    Args:
+        features: ``(n, d) float32`` features (on any device; the result is on the same one).
+        labels: ``(n,) int64`` cluster ids in ``[0, num_clusters)``, ``-1`` for outliers (left out).
+        num_clusters: number of clusters.
+    """
+    feats = torch.as_tensor(features, dtype=torch.float32)
+    keep = labels >= 0
+    sums = torch.zeros(num_clusters, feats.shape[1], device=feats.device).index_add_(
+        0, torch.as_tensor(labels[keep], device=feats.device), feats[torch.as_tensor(np.flatnonzero(keep),
+                                                                                   device=feats.device)])
+    return F.normalize(sums, dim=1)
+
+
+def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, torch.Tensor]],
+                           mode: str = "one_to_one") -> tuple[np.ndarray, int]:
+    """Merge clusters matched across groups (union-find over every pair of groups, in list order).
+
+    Args:
+        num_clusters: clusters of all groups together (global ids ``0..num_clusters-1``).
+        groups: per group, ``(ids, centroids)``: its ``(K_g,) int64`` global cluster ids and their
+            ``(K_g, d)`` centroids; every group has at least one cluster.
+        mode: one of :data:`MATCH_MODES`, as in :func:`cross_camera_labels`.
+
+    Returns:
+        ``(merged, pairs)``: ``merged`` ``(num_clusters,) int64`` the new contiguous id of each
+        cluster, ``pairs`` the number of matched pairs that were merged.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+    if mode not in MATCH_MODES:
+        raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
+    parent = np.arange(num_clusters)
+    pairs = 0
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            if mode == "one_to_one":
+                mask = np.zeros((len(groups[i][0]), len(groups[j][0])), dtype=bool)
+                mask[linear_sum_assignment(centroid_cost(groups[i][1], groups[j][1]))] = True
+            else:
+                mask = bilateral_cluster_matching(groups[i][1], groups[j][1], relax=mode == "relaxed")
+            for r, c in zip(*np.nonzero(mask)):
+                ra, rb = _find(parent, int(groups[i][0][r])), _find(parent, int(groups[j][0][c]))
+                parent[ra] = rb
+                pairs += 1
+    roots = np.array([_find(parent, x) for x in range(num_clusters)])
+    _, merged = np.unique(roots, return_inverse=True)
+    return merged.astype(np.int64), pairs
+
+
+def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool = True) -> np.ndarray:
+    """MBCCM's many-to-many matches between every pair of groups, kept as data (nothing merged).
+
+    MBCCM (Cheng et al., ACM MM 2023; FranklinLingfeng/MBCCM-master-MM-23 ``trainer.py``) matches the
+    visible and the infrared clusters with :func:`bilateral_cluster_matching` and uses the matches
+    as cross-modality targets, each modality keeping its own labels. With more than two groups every
+    pair of groups is matched (our generalisation; MBCCM has two).
+
+    Args:
+        groups: per group, ``(ids, centroids)`` as in :func:`merge_matched_clusters`.
+        relax: the published relaxed rule (``False``: the bare Hungarian assignments).
+
+    Returns:
+        ``(M, 2) int64`` global cluster-id pairs ``(id in group i, id in group j)`` with ``i < j`` in
+        list order, in row-major order of each pair's match mask.
+    """
+    out = [np.zeros((0, 2), dtype=np.int64)]
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            r, c = np.nonzero(bilateral_cluster_matching(groups[i][1], groups[j][1], relax=relax))
+            out.append(np.stack([np.asarray(groups[i][0])[r], np.asarray(groups[j][0])[c]], 1).astype(np.int64))
+    return np.concatenate(out)
 
 
 MATCH_MODES = ("one_to_one", "bilateral", "relaxed")
@@ -181,21 +255,7 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
     if offset == 0:
         raise NoClustersError(f"no camera produced a cluster (N={len(camids)}, eps={cfg.eps}, "
                               f"min_samples={cfg.min_samples}); raise pseudo_labels.eps")
-    parent = np.arange(offset)
-    pairs = 0
-    for i in range(len(groups)):
-        for j in range(i + 1, len(groups)):
-            if mode == "one_to_one":
-                mask = np.zeros((len(groups[i][1]), len(groups[j][1])), dtype=bool)
-                mask[linear_sum_assignment(centroid_cost(groups[i][2], groups[j][2]))] = True
-            else:
-                mask = bilateral_cluster_matching(groups[i][2], groups[j][2], relax=mode == "relaxed")
-            for r, c in zip(*np.nonzero(mask)):
-                ra, rb = _find(parent, int(groups[i][1][r])), _find(parent, int(groups[j][1][c]))
-                parent[ra] = rb
-                pairs += 1
-    roots = np.array([_find(parent, x) for x in range(offset)])
-    _, merged = np.unique(roots, return_inverse=True)
+    merged, pairs = merge_matched_clusters(offset, [(ids, cents) for _, ids, cents in groups], mode)
     out = labels.copy()
     out[labels >= 0] = merged[labels[labels >= 0]]
     num = int(merged.max()) + 1
