@@ -161,6 +161,7 @@ class Method:
         self.index_to_label: Tensor | None = None
         #: hand-crafted descriptors of the training images (``pseudo_labels.colour_weight``), made once
         self._colour: Tensor | None = None
+        self._pipeline: Any = None
         self.image_cache: ImageCache | None = None
 
     @property
@@ -228,43 +229,32 @@ class Method:
         return labels
 
     def pseudo_label(self, epoch: int, features: Tensor) -> PseudoLabels:
-        """Cluster ``features`` ``(N, d) float32, L2-normalised`` (or return the supervised labels)."""
+        """Cluster ``features`` ``(N, d) float32, L2-normalised`` with the run's label pipeline
+        (:meth:`label_pipeline`), or return the supervised labels."""
         if self.supervised_labels is not None:
             labels = self.supervised_labels
             return PseudoLabels(labels, int(labels.max()) + 1, source="ground_truth")
-        from unreid.pseudo_labels import PseudoLabeler
+        return self.label_pipeline()(features)
 
-        cam = self.cfg.method.camera
-        if cam.neighbourhood == "standardize":
-            from unreid.pseudo_labels.camera import camera_standardize
+    def label_pipeline(self) -> Any:
+        """The :class:`~unreid.pseudo_labels.pipeline.LabelPipeline` composed from the config (feature transforms,
+        grouping, labeller per group, association), built once per run so that the hand-crafted descriptors
+        (:meth:`descriptors`) are computed once."""
+        if self._pipeline is None:
+            import logging
 
-            features = camera_standardize(features, self.camids)
-        if self.cfg.pseudo_labels.colour_weight > 0:
-            features = self.with_colour(features)
-        if cam.neighbourhood == "ca_jaccard":
-            from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
+            from unreid.pseudo_labels.pipeline import build_label_pipeline
 
-            return CameraAwareJaccardLabeler(self.cfg.pseudo_labels, cam.ca_k1_intra, cam.ca_k1_inter,
-                                             cam.ca_k2_intra, cam.ca_k2_inter).fit(features, camids=self.camids)
-        if cam.matching:
-            from unreid.pseudo_labels.matching import cross_camera_labels
-
-            return cross_camera_labels(features, self.camids, self.cfg.pseudo_labels)
-        return PseudoLabeler(self.cfg.pseudo_labels).fit(features, camids=self.camids)
-
-    def with_colour(self, features: Tensor) -> Tensor:
-        """``features`` ``(N, d)`` with the training images' hand-crafted descriptors appended
-        (``pseudo_labels.colour_weight``; :func:`unreid.pseudo_labels.colour.append_colour`): colour-stripe
-        histograms (``pseudo_labels.colour_descriptor=stripes``) or LOMO (``lomo``,
-        :mod:`unreid.pseudo_labels.lomo`), by :func:`~unreid.pseudo_labels.colour.load_descriptors`. They are
-        computed once, on the first call, at the input size (from :attr:`image_cache` when the trainer shares
-        one, else from the files)."""
-        from unreid.pseudo_labels.colour import append_colour
-
-        return append_colour(features, self.descriptors(), self.camids, self.cfg.pseudo_labels.colour_weight)
+            prior = self.descriptors if self.cfg.pseudo_labels.colour_weight > 0 else None
+            self._pipeline = build_label_pipeline(self.cfg, self.camids, self.modalities, descriptors=prior)
+            logging.getLogger("unreid").info("pseudo-labels: %s", self._pipeline.describe())
+        return self._pipeline
 
     def descriptors(self) -> Tensor:
-        """The hand-crafted descriptors ``(N, D) float32`` of the training images, computed on the first call."""
+        """The hand-crafted descriptors ``(N, D) float32`` of the training images (``pseudo_labels.colour_weight``):
+        colour-stripe histograms (``pseudo_labels.colour_descriptor=stripes``) or LOMO (``lomo``,
+        :mod:`unreid.pseudo_labels.lomo`), by :func:`~unreid.pseudo_labels.colour.load_descriptors`; computed on the
+        first call at the input size, from :attr:`image_cache` when the trainer shares one, else from the files."""
         from unreid.pseudo_labels.colour import load_descriptors
 
         if self._colour is None:
@@ -384,10 +374,9 @@ class Method:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Labels and every memory (``"memories"``: name -> state), so that a resumed run continues exactly."""
-        state: dict[str, Any] = {"labels": None if self.labels is None else self.labels.labels.copy(),
-                                 "num_clusters": None if self.labels is None else self.labels.num_clusters,
-                                 "num_singletons": 0 if self.labels is None else self.labels.num_singletons}
+        """The labels (:meth:`PseudoLabels.state_dict`: ``labels``, ``num_clusters``, groups, matches, ...) and every
+        memory (``"memories"``: name -> state), so that a resumed run continues exactly."""
+        state: dict[str, Any] = {"labels": None} if self.labels is None else self.labels.state_dict()
         state["memories"] = {name: mem.state_dict() for name, mem in self.memories.items()}
         return state
 
@@ -395,8 +384,7 @@ class Method:
         """Restore :meth:`state_dict` output (also the layout before named memories: ``"memory"`` and
         ``"proxy_memory"`` keys, read as the method's main memory and ``"camera_proxies"``)."""
         if state.get("labels") is not None:
-            self.set_labels(PseudoLabels(np.asarray(state["labels"]), int(state["num_clusters"]),
-                                         num_singletons=int(state.get("num_singletons", 0))))
+            self.set_labels(PseudoLabels.from_state_dict(state))
         saved = dict(state.get("memories") or {})
         if "memory" in state and self.memory_names():
             saved.setdefault(self.memory_names()[0], state["memory"])
