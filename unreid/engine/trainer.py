@@ -21,7 +21,6 @@ and the epoch counter, so a resumed run continues exactly as an uninterrupted on
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -35,9 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from unreid.config import Config, from_dict, to_dict, to_yaml
+from unreid.config import Config, from_dict, to_dict
 from unreid.data.datasets.base import ReIDData, Sample
-from unreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, to_tensors
+from unreid.engine.checkpoint import load_checkpoint, rng_state, set_rng_state, to_tensors
+from unreid.engine.rundir import RunDir, count_unreadable
 
 log = logging.getLogger("unreid")
 
@@ -122,12 +122,14 @@ class Trainer:
         cfg: the run configuration (``unreid.config.Config``).
         data: an already-built dataset (else built from ``cfg.data``).
         hooks: extra :class:`Hook` objects.
-        resume: continue from ``<output_dir>/checkpoint_last.pth`` (or the given path).
-        overwrite: allow writing into an output folder that already holds a run. Without it, an
-            existing run is never overwritten (an error says what to do).
+        resume: continue from ``<output_dir>/checkpoint_last.pth`` (or the given path); the config must
+            match the run's but for :data:`unreid.engine.rundir.RESUME_MAY_DIFFER`.
+        overwrite: start this run in an output folder that holds another one, after moving that one aside
+            (``<output_dir>.replaced-<date>/``). Without it, an existing run is never touched.
 
     Raises:
         FileExistsError: ``output_dir`` holds a previous run and neither ``resume`` nor ``overwrite``.
+        unreid.engine.rundir.RunMismatch: ``resume`` with a config differing in other keys (named).
         ValueError: supervised mode on a dataset without training identities.
     """
 
@@ -142,11 +144,15 @@ class Trainer:
         self.cfg = cfg
         self.supervised = bool(cfg.method.supervised)
         self.output_dir = self._output_dir(cfg)
-        self._check_output_dir(resume, overwrite)
+        # --- run folder (unreid.engine.rundir): before anything is written, refuse a folder holding a run,
+        # move it aside (--overwrite), or check this config against the run's (--resume)
+        self.run = RunDir(self.output_dir)
+        self.run.prepare(cfg, resume=resume, overwrite=overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume and (self.output_dir / "metrics.jsonl").exists():
-            (self.output_dir / "metrics.jsonl").unlink()  # the user asked to replace the run (--overwrite)
         self._setup_logging()
+        for note in self.run.notes:
+            log.warning("%s", note)
+        # --- end run folder
         if self.supervised:
             log.warning(SUPERVISED_BANNER)
         seed_everything(cfg.seed)
@@ -205,10 +211,9 @@ class Trainer:
         self.use_amp = bool(o.amp and self.device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
-        (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
-        if resume:
-            path = Path(resume) if isinstance(resume, (str, Path)) else self.output_dir / "checkpoint_last.pth"
-            self.load(path)
+        self.run.start(cfg)  # config.yaml, atomically (unreid.engine.rundir)
+        if self.run.resume_from is not None:
+            self.load(self.run.resume_from)
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -217,14 +222,6 @@ class Trainer:
         if cfg.method.supervised and "supervised" not in out.name.lower():
             out = out.with_name(out.name + "-SUPERVISED")
         return out
-
-    def _check_output_dir(self, resume: Any, overwrite: bool) -> None:
-        last = self.output_dir / "checkpoint_last.pth"
-        if last.exists() and not resume and not overwrite:
-            raise FileExistsError(
-                f"{self.output_dir} already holds a run ({last.name}). Pass --resume to continue it, "
-                f"--overwrite to replace it, or choose another output_dir=..."
-            )
 
     def _setup_logging(self) -> None:
         log.setLevel(logging.INFO)
@@ -261,14 +258,22 @@ class Trainer:
         try:
             labels = self.method.refresh(epoch, feats)
         except NoClustersError as err:
-            if self.cfg.pseudo_labels.on_no_clusters == "keep" and self.method.labels is not None:
+            keep = self.cfg.pseudo_labels.on_no_clusters == "keep"
+            if keep and self.method.labels is not None:
                 log.warning("epoch %d: %s; keeping the previous epoch's labels (on_no_clusters=keep)", epoch, err)
                 labels = self.method.labels  # memories keep their momentum-updated state
             else:
+                # --- no-clusters message (issue 29): suggest only what can help at this point
+                if keep:
+                    hint = "on_no_clusters=keep has no previous labels to reuse at the first labelling"
+                elif self.method.labels is None:
+                    hint = "on_no_clusters=keep would not help: there are no previous labels yet"
+                else:
+                    hint = ("or resume with pseudo_labels.on_no_clusters=keep to reuse the previous epoch's "
+                            "labels")
                 raise TrainingStopped(
                     f"epoch {epoch}: pseudo-labelling found no cluster ({err}). Nothing to train on: "
-                    f"raise pseudo_labels.eps or lower pseudo_labels.min_samples, or set "
-                    f"pseudo_labels.on_no_clusters=keep to reuse the previous labels."
+                    f"raise pseudo_labels.eps or lower pseudo_labels.min_samples; {hint}."
                 ) from err
         # the clustering itself: outliers kept as singleton classes (pseudo_labels.outliers) count as outliers
         report = cluster_report(labels.cluster_labels, camids=self.method.camids, gt=self._gt_report)
@@ -384,8 +389,7 @@ class Trainer:
             record["time_epoch_s"] = round(time.time() - t0, 2)
             self.state.epoch = epoch + 1
             is_best = self._is_best(record, last)
-            self.save(is_best)
-            self._append_metrics(record)
+            self.save(is_best, record)  # the epoch's one commit: checkpoint (with record), best model, metrics
             for h in self.hooks:
                 h.after_epoch(self, record)
             log.info("epoch %d [%s] done in %.1fs: %s", epoch, self.mode, record["time_epoch_s"],
@@ -410,12 +414,20 @@ class Trainer:
         return ok
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.output_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+        """A record that comes without a checkpoint (before training); epochs go through :meth:`save`."""
+        record["unreadable_images"] = self._count_unreadable()
+        self.run.append(record)
+
+    def _count_unreadable(self) -> int:
+        samples = self.train_samples + self.val_query + self.val_gallery + list(self.data.query) + list(self.data.gallery)
+        return count_unreadable(s.path for s in samples)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, is_best: bool = False) -> Path:
-        """Atomically write ``checkpoint_last.pth`` (and ``model_best.pth`` when ``is_best``)."""
+    def save(self, is_best: bool = False, record: dict[str, Any] | None = None) -> Path:
+        """Commit the epoch (:meth:`unreid.engine.rundir.RunDir.commit`): ``checkpoint_last.pth`` holding
+        ``record`` too, then ``model_best.pth`` when ``is_best``, then ``record`` in ``metrics.jsonl``."""
+        if record is not None:
+            record["unreadable_images"] = self._count_unreadable()
         state = {
             "format": "unreid-checkpoint-1",
             "mode": self.mode,
@@ -430,14 +442,11 @@ class Trainer:
             "method": to_tensors(self.method.state_dict()),
             "rng": rng_state(),
         }
-        path = save_checkpoint(state, self.output_dir / "checkpoint_last.pth")
-        if is_best:
-            save_checkpoint({k: state[k] for k in ("format", "mode", "config", "epoch", "model")},
-                            self.output_dir / "model_best.pth")
-        return path
+        return self.run.commit(state, record, best=is_best)
 
     def load(self, path: Path) -> None:
-        """Restore everything :meth:`save` wrote (exact resume)."""
+        """Restore everything :meth:`save` wrote (exact resume); the folder's ``metrics.jsonl`` and
+        ``model_best.pth`` are repaired from the checkpoint where they lag behind it."""
         ckpt = load_checkpoint(path)
         saved_mode = ckpt.get("mode")
         if saved_mode != self.mode:
@@ -451,6 +460,7 @@ class Trainer:
         self.state.epoch = int(ckpt["epoch"])
         self.state.best_score = float(ckpt["best_score"])
         self.state.best_epoch = int(ckpt["best_epoch"])
+        self.run.restore(ckpt, path)
         log.info("resumed from %s after epoch %d", path, self.state.epoch - 1)
 
 
