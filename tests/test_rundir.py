@@ -185,6 +185,9 @@ def test_resume_from_another_file_into_a_folder_holding_a_run_is_refused(finishe
 def test_interrupt_before_the_first_checkpoint_can_be_resumed(synthetic_root, tmp_path, capsys, monkeypatch):
     """Issue 29.3: Ctrl-C in epoch 0 said "resume with --resume", which found no checkpoint; a plain
     rerun appended a second epoch -1 record. Also: an unreadable image is counted in metrics.jsonl."""
+    from unreid.engine.trainer import load_data
+
+    load_data(load_config(None, tiny_overrides(synthetic_root, tmp_path, **ONE)))  # generated once per session
     data = tmp_path / "data"
     shutil.copytree(synthetic_root, data)
     broken = sorted(data.glob("synthetic-*/query/*.jpg"))[0]
