@@ -226,3 +226,16 @@ def test_orphan_temporary_files_are_removed_at_start(tmp_path, synthetic_root):
     assert any(".checkpoint_last.pth.abc123.tmp" in n for n in d.notes)
     save_checkpoint({"v": 1}, run / "x.pth")  # and a completed save leaves no temporary file
     assert sorted(p.name for p in run.iterdir()) == ["notes.tmp", "x.pth"]
+
+
+def test_overwrite_of_the_working_directory_moves_its_entries(tmp_path, monkeypatch, synthetic_root):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "notes.txt").write_text("the user's")
+    monkeypatch.chdir(run)
+    d = RunDir(".")
+    d.prepare(load_config(None, tiny_overrides(synthetic_root, ".", **ONE)), overwrite=True)
+    (backup,) = tmp_path.glob("run.replaced-*")
+    assert sorted(p.name for p in backup.iterdir()) == ["metrics.jsonl", "notes.txt"]
+    assert Path.cwd() == run.resolve() and not any(run.iterdir())

@@ -237,23 +237,28 @@ class RunDir:
     def move_aside(self) -> Path:
         """Move the folder's content into a new sibling ``<name>.replaced-<YYYYmmdd-HHMMSS>[-k]/``; returns it.
 
-        The whole folder is renamed (one atomic step) and an empty one made in its place; where that is
-        impossible (e.g. it is the working directory), every entry is moved one by one. Nothing is deleted.
+        The whole folder is renamed (one atomic step) and an empty one made in its place. When the folder is
+        the working directory or holds it (renaming it would carry the working directory along), or the
+        rename fails, every entry is moved one by one instead. Nothing is deleted.
         """
+        base = self.path.resolve()
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        backup = self.path.with_name(f"{self.path.name}.replaced-{stamp}")
+        backup = base.with_name(f"{base.name}.replaced-{stamp}")
         k = 2
         while backup.exists():
-            backup = self.path.with_name(f"{self.path.name}.replaced-{stamp}-{k}")
+            backup = base.with_name(f"{base.name}.replaced-{stamp}-{k}")
             k += 1
+        cwd = Path.cwd().resolve()
         try:
-            os.rename(self.path, backup)
+            if cwd == base or base in cwd.parents:
+                raise OSError("the working directory")
+            os.rename(base, backup)
         except OSError:
             backup.mkdir()
-            for p in sorted(self.path.iterdir()):
+            for p in sorted(base.iterdir()):
                 os.rename(p, backup / p.name)
-        self.path.mkdir(parents=True, exist_ok=True)
-        fsync_dir(self.path.parent)
+        base.mkdir(parents=True, exist_ok=True)
+        fsync_dir(base.parent)
         return backup
 
     def start(self, cfg: Config) -> None:
