@@ -187,10 +187,11 @@ def test_interrupt_before_the_first_checkpoint_can_be_resumed(synthetic_root, tm
     rerun appended a second epoch -1 record. Also: an unreadable image is counted in metrics.jsonl."""
     from unreid.engine.trainer import load_data
 
-    load_data(load_config(None, tiny_overrides(synthetic_root, tmp_path, **ONE)))  # generated once per session
+    # this config's synthetic set (generated once per session; synthetic_root may hold other option sets too)
+    name = Path(load_data(load_config(None, tiny_overrides(synthetic_root, tmp_path, **ONE))).info["root"]).name
     data = tmp_path / "data"
-    shutil.copytree(synthetic_root, data)
-    broken = sorted(data.glob("synthetic-*/query/*.jpg"))[0]
+    shutil.copytree(synthetic_root / name, data / name)
+    broken = sorted((data / name / "query").glob("*.jpg"))[0]
     broken.write_bytes(broken.read_bytes()[:40])  # truncated JPEG: a black image stands in
     run = tmp_path / "run"
 
