@@ -165,7 +165,8 @@ def test_stage_resume_is_exact(synthetic_root, tmp_path, stop_after):
     # the resumed epochs had the learning rates of the uninterrupted run (no second restart)
     assert part_snap.lrs == full_snap.lrs[stop_after + 1:]
     rows_a, rows_b = metrics_rows(full.output_dir), metrics_rows(tmp_path / "part")
-    assert [r["losses"] for r in rows_a] == [r["losses"] for r in rows_b]
+    assert [r.get("losses") for r in rows_a] == [r.get("losses") for r in rows_b]
+    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b] == [-1, 0, 1, 2]
 
 
 def test_hooks_run_in_order_at_every_boundary(synthetic_root, tmp_path):

@@ -72,12 +72,58 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, args.overrides)
 
 
+def _device(name: str):
+    """The torch device of ``device=...``; a device that is not there is a configuration error (exit 2)."""
+    import torch
+
+    from unreid.config import ConfigError
+    from unreid.engine.trainer import resolve_device
+
+    try:
+        dev = resolve_device(name)
+    except RuntimeError as err:
+        raise ConfigError(str(err).splitlines()[0]) from err
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s); use device=cuda, cpu or auto")
+    return dev
+
+
+def _load_model(path: str, cfg):
+    """The checkpoint's model for ``cfg``, printing what it was trained with where that differs."""
+    from unreid.engine.checkpoint import load_trained_model
+
+    model, warnings = load_trained_model(path, cfg)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return model
+
+
+def _run_state(trainer) -> str:
+    """What a stopped or interrupted run left in its folder, and how to go on."""
+    done = trainer.state.epoch
+    if done == 0:
+        return (f"no epoch was completed in {trainer.output_dir}: `unreid train CONFIG --resume` starts this run "
+                "again from epoch 0 with the same config; to change the config, start it with --overwrite (this "
+                "run is moved aside) or another output_dir=...")
+    return (f"the run in {trainer.output_dir} is kept as of epoch {done - 1} (checkpoint_last.pth, metrics.jsonl "
+            "and model_best.pth agree): `unreid train CONFIG --resume` continues it")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from unreid.engine import Trainer
+    from unreid.engine import Trainer, TrainingStopped
 
     cfg = _load(args)
+    _device(cfg.device)  # before the run folder is touched
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
-    record = trainer.train()
+    try:
+        record = trainer.train()
+    except TrainingStopped as err:
+        print(f"training stopped: {err}\n{_run_state(trainer)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; {_run_state(trainer)}", file=sys.stderr)
+        return 130
     print(f"outputs: {trainer.output_dir}  (metrics.jsonl, train.log, checkpoint_last.pth, model_best.pth)")
     if record.get("test"):
         print(json.dumps({"mode": trainer.mode, "epoch": record["epoch"], **record["test"]}))
@@ -85,14 +131,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from unreid.engine import evaluate_model, load_model_from_checkpoint
-    from unreid.engine.trainer import load_data, resolve_device
+    from unreid.engine import evaluate_model
+    from unreid.engine.trainer import load_data
 
     cfg = _load(args)
     if args.rerank:
         cfg.eval.rerank = True
-    model, _ = load_model_from_checkpoint(args.checkpoint, cfg)
-    device = resolve_device(cfg.device)
+    device = _device(cfg.device)
+    model = _load_model(args.checkpoint, cfg)
     model.to(device)
     data = load_data(cfg)
     if not data.query or not data.gallery:
@@ -110,8 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from unreid.engine import extract, load_model_from_checkpoint
-    from unreid.engine.trainer import load_data, resolve_device
+    from unreid.engine import extract
+    from unreid.engine.trainer import load_data
     from unreid.models import build_model
 
     cfg = _load(args)
@@ -121,8 +167,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if out.exists():
         print(f"error: {out} exists; choose another --out (files are never overwritten)", file=sys.stderr)
         return 2
-    model = load_model_from_checkpoint(args.checkpoint, cfg)[0] if args.checkpoint else build_model(cfg.model)
-    device = resolve_device(cfg.device)
+    device = _device(cfg.device)
+    model = _load_model(args.checkpoint, cfg) if args.checkpoint else build_model(cfg.model)
     model.to(device)
     samples = getattr(load_data(cfg), args.split)
     t0 = time.time()
@@ -216,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     Configuration and data errors are printed as one actionable line (exit status 2), not a traceback.
     """
     from unreid.config import ConfigError
+    from unreid.engine.checkpoint import CheckpointError
 
     parser = build_parser()
     # key=value overrides may also come after the options (``eval CONFIG --checkpoint X key=value``),
@@ -227,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2
@@ -239,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     except KeyboardInterrupt:
-        print("interrupted; resume with `unreid train CONFIG --resume`", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 

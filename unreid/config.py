@@ -10,10 +10,12 @@ Defaults follow Cluster Contrast (Dai et al., ACCV 2022; alibaba/cluster-contras
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported)
 
 
@@ -272,6 +274,14 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+#: backbone names ``unreid.models.reid.build_backbone`` builds, besides ``timm:<name>``: the keys of
+#: ``unreid.models.backbones.RESNETS`` and ``EFFICIENTNET_LITES`` (a test keeps them equal). Listed here so
+#: that a config is checked without importing torch / torchvision.
+BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a", "resnet101_ibn_a",
+                  "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+#: ``device`` values: auto, cpu, mps, cuda, cuda:N (whether CUDA is there is checked when the run starts)
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
 _CHOICES = {
     "data.sampler": {"camera_aware", "random_identity", "proxy"},
     "model.pooling": {"gem", "avg"},
@@ -305,6 +315,11 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {sorted(allowed)}")
+    b = cfg.model.backbone
+    if b not in BACKBONE_NAMES and not (b.startswith("timm:") and len(b) > len("timm:")):
+        raise ConfigError(f"model.backbone={b!r} is not one of {list(BACKBONE_NAMES)} or timm:<name>")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, mps, cuda, cuda:N")
     d = cfg.data
     if d.height <= 0 or d.width <= 0:
         raise ConfigError(f"data.height/width must be positive, got {d.height}x{d.width}")
@@ -444,9 +459,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except ConfigError:
         raise
-    except Exception as err:  # omegaconf raises several types; give one actionable error
-        raise ConfigError(f"invalid configuration ({path or 'defaults'}): {err}") from err
+    except Exception as err:  # omegaconf raises several types; give one actionable line
+        raise ConfigError(f"invalid configuration ({path or 'defaults'}): {_one_line(err)}") from err
     return validate(_to_dataclass(merged))
+
+
+def _one_line(err: Exception) -> str:
+    """OmegaConf's multi-line messages (value, full_key, types) joined into one line."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
@@ -455,7 +475,13 @@ def _read_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config inheritance loop: {' -> '.join(map(str, seen + (path,)))}")
-    conf = OmegaConf.load(path)
+    try:
+        conf = OmegaConf.load(path)
+    except yaml.YAMLError as err:  # one line with the place, not PyYAML's multi-line report
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = "; ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+        raise ConfigError(f"{path}: YAML syntax error{where}: {what or type(err).__name__}") from err
     if not isinstance(conf, DictConfig):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
     parent = conf.pop("defaults", None)
@@ -482,4 +508,4 @@ def from_dict(d: dict[str, Any]) -> Config:
     except ConfigError:
         raise
     except Exception as err:
-        raise ConfigError(f"invalid configuration in checkpoint: {err}") from err
+        raise ConfigError(f"invalid configuration in checkpoint: {_one_line(err)}") from err

@@ -7,7 +7,8 @@ Decoding: ``torchvision.io.decode_image`` (libjpeg-turbo / libpng), PIL as the f
 formats); greyscale and RGBA images become RGB.
 
 An unreadable image is never a crash mid-epoch: a warning names the file (once), it is counted, and a
-black image stands in.
+black image stands in. :func:`unreadable_images` gathers every such file met in this process (and in
+its DataLoader workers); the trainer counts them in each ``metrics.jsonl`` record.
 
 Batches are dicts: ``img (B, 3, H, W) float32``, ``index (B,) int64`` (position in the sample list),
 ``camid (B,) int64``, ``modality (B,) int64`` - never the identity: training code cannot see pids
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,6 +48,24 @@ try:  # deprecated since torchvision 0.29 (TorchCodec supersedes it) but twice a
                             category=DeprecationWarning)
 except ImportError:  # pragma: no cover - a future torchvision without it: PIL only
     decode_image = None
+
+
+#: unreadable files met in this process (a black image stood in for each); see :func:`unreadable_images`
+_UNREADABLE_PATHS: set[str] = set()
+_LIVE_DATASETS: weakref.WeakSet = weakref.WeakSet()
+
+
+def unreadable_images() -> set[str]:
+    """Paths of the image files found unreadable so far in this process, by :class:`ImageCache` or by any
+    :class:`ReIDImageDataset` (also those met in its DataLoader worker processes)."""
+    for ds in list(_LIVE_DATASETS):
+        _UNREADABLE_PATHS.update(ds.failed)
+    return set(_UNREADABLE_PATHS)
+
+
+def _gather_failed(flags: torch.Tensor, samples: list[Sample]) -> None:
+    """Finaliser of a :class:`ReIDImageDataset`: keep its failures once it is gone."""
+    _UNREADABLE_PATHS.update(samples[i].path for i in torch.nonzero(flags).flatten().tolist())
 
 
 def should_cache(n: int, size: tuple[int, int], max_mb: int) -> bool:
@@ -117,6 +137,7 @@ class ImageCache:
         except Exception as err:  # unreadable or missing: warn, count, keep going
             log.warning(_UNREADABLE, path, type(err).__name__, err)
             self.failed.add(i)
+            _UNREADABLE_PATHS.add(path)
             return
         self.data[i] = _resize(img, self.size)
 
@@ -172,6 +193,8 @@ class ReIDImageDataset(Dataset):
         self.size = tuple(size) if size is not None else (cache.size if cache is not None else (16, 8))
         self._failed_flags = torch.zeros(max(len(self.samples), 1), dtype=torch.uint8).share_memory_()
         self._warned: set[str] = set()
+        _LIVE_DATASETS.add(self)
+        weakref.finalize(self, _gather_failed, self._failed_flags, self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)

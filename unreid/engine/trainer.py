@@ -27,7 +27,6 @@ also across a stage boundary.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -41,11 +40,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from unreid.config import Config, from_dict, to_dict, to_yaml
+from unreid.config import Config, from_dict, to_dict
 from unreid.data.datasets.base import ReIDData, Sample
-from unreid.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, to_tensors
+from unreid.engine.checkpoint import load_checkpoint, rng_state, set_rng_state, to_tensors
 from unreid.engine.hooks import CheckpointHook, EvaluationHook, Hook, LabelHook, LRSchedulerHook
 from unreid.engine.optim import Optimizers
+from unreid.engine.rundir import RunDir, count_unreadable
 
 log = logging.getLogger("unreid")
 
@@ -127,12 +127,14 @@ class Trainer:
         cfg: the run configuration (``unreid.config.Config``).
         data: an already-built dataset (else built from ``cfg.data``).
         hooks: extra :class:`Hook` objects.
-        resume: continue from ``<output_dir>/checkpoint_last.pth`` (or the given path).
-        overwrite: allow writing into an output folder that already holds a run. Without it, an
-            existing run is never overwritten (an error says what to do).
+        resume: continue from ``<output_dir>/checkpoint_last.pth`` (or the given path); the config must
+            match the run's but for :data:`unreid.engine.rundir.RESUME_MAY_DIFFER`.
+        overwrite: start this run in an output folder that holds another one, after moving that one aside
+            (``<output_dir>.replaced-<date>/``). Without it, an existing run is never touched.
 
     Raises:
         FileExistsError: ``output_dir`` holds a previous run and neither ``resume`` nor ``overwrite``.
+        unreid.engine.rundir.RunMismatch: ``resume`` with a config differing in other keys (named).
         ValueError: supervised mode on a dataset without training identities.
     """
 
@@ -147,11 +149,15 @@ class Trainer:
         self.cfg = cfg
         self.supervised = bool(cfg.method.supervised)
         self.output_dir = self._output_dir(cfg)
-        self._check_output_dir(resume, overwrite)
+        # --- run folder (unreid.engine.rundir): before anything is written, refuse a folder holding a run,
+        # move it aside (--overwrite), or check this config against the run's (--resume)
+        self.run = RunDir(self.output_dir)
+        self.run.prepare(cfg, resume=resume, overwrite=overwrite)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume and (self.output_dir / "metrics.jsonl").exists():
-            (self.output_dir / "metrics.jsonl").unlink()  # the user asked to replace the run (--overwrite)
         self._setup_logging()
+        for note in self.run.notes:
+            log.warning("%s", note)
+        # --- end run folder
         if self.supervised:
             log.warning(SUPERVISED_BANNER)
         seed_everything(cfg.seed)
@@ -226,10 +232,9 @@ class Trainer:
         self.hooks = sorted([LabelHook(), LRSchedulerHook(), EvaluationHook(), CheckpointHook(), *self.user_hooks],
                             key=lambda h: h.priority)
 
-        (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
-        if resume:
-            path = Path(resume) if isinstance(resume, (str, Path)) else self.output_dir / "checkpoint_last.pth"
-            self.load(path)
+        self.run.start(cfg)  # config.yaml, atomically (unreid.engine.rundir)
+        if self.run.resume_from is not None:
+            self.load(self.run.resume_from)
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -238,14 +243,6 @@ class Trainer:
         if cfg.method.supervised and "supervised" not in out.name.lower():
             out = out.with_name(out.name + "-SUPERVISED")
         return out
-
-    def _check_output_dir(self, resume: Any, overwrite: bool) -> None:
-        last = self.output_dir / "checkpoint_last.pth"
-        if last.exists() and not resume and not overwrite:
-            raise FileExistsError(
-                f"{self.output_dir} already holds a run ({last.name}). Pass --resume to continue it, "
-                f"--overwrite to replace it, or choose another output_dir=..."
-            )
 
     def _setup_logging(self) -> None:
         log.setLevel(logging.INFO)
@@ -287,14 +284,22 @@ class Trainer:
             self.method.set_labels(labels)
             self.method.build_memories(epoch, feats, labels)
         except NoClustersError as err:
-            if self.cfg.pseudo_labels.on_no_clusters == "keep" and self.method.labels is not None:
+            keep = self.cfg.pseudo_labels.on_no_clusters == "keep"
+            if keep and self.method.labels is not None:
                 log.warning("epoch %d: %s; keeping the previous epoch's labels (on_no_clusters=keep)", epoch, err)
                 labels = self.method.labels  # memories keep their momentum-updated state
             else:
+                # --- no-clusters message (issue 29): suggest only what can help at this point
+                if keep:
+                    hint = "on_no_clusters=keep has no previous labels to reuse at the first labelling"
+                elif self.method.labels is None:
+                    hint = "on_no_clusters=keep would not help: there are no previous labels yet"
+                else:
+                    hint = ("or resume with pseudo_labels.on_no_clusters=keep to reuse the previous epoch's "
+                            "labels")
                 raise TrainingStopped(
                     f"epoch {epoch}: pseudo-labelling found no cluster ({err}). Nothing to train on: "
-                    f"raise pseudo_labels.eps or lower pseudo_labels.min_samples, or set "
-                    f"pseudo_labels.on_no_clusters=keep to reuse the previous labels."
+                    f"raise pseudo_labels.eps or lower pseudo_labels.min_samples; {hint}."
                 ) from err
         # the clustering itself: outliers kept as singleton classes (pseudo_labels.outliers) count as outliers
         report = cluster_report(labels.cluster_labels, camids=self.method.camids, gt=self._gt_report)
@@ -443,9 +448,8 @@ class Trainer:
         return record
 
     def commit_epoch(self, record: dict[str, Any], is_best: bool) -> None:
-        """The end of an epoch: checkpoint (and ``model_best.pth`` when ``is_best``), then the record."""
-        self.save(is_best)
-        self.append_metrics(record)
+        """The epoch's one commit (:meth:`save`): checkpoint holding the record, best model, metrics line."""
+        self.save(is_best, record)
 
     def is_best(self, record: dict[str, Any]) -> bool:
         """Whether this epoch's model becomes ``model_best.pth`` (``eval.select``: the last epoch, or the best
@@ -465,20 +469,26 @@ class Trainer:
         return ok
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """One line of ``metrics.jsonl`` (keys in a fixed reading order: :data:`RECORD_ORDER` first)."""
-        ordered = {k: record[k] for k in RECORD_ORDER if k in record}
-        ordered.update({k: v for k, v in record.items() if k not in ordered})
-        with open(self.output_dir / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(ordered, default=_json_default) + "\n")
+        """A record that comes without a checkpoint (before training); epochs go through :meth:`commit_epoch`."""
+        record["unreadable_images"] = self._count_unreadable()
+        self.run.append(ordered_record(record))
+
+    def _count_unreadable(self) -> int:
+        samples = self.train_samples + self.val_query + self.val_gallery + list(self.data.query) + list(self.data.gallery)
+        return count_unreadable(s.path for s in samples)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, is_best: bool = False) -> Path:
-        """Atomically write ``checkpoint_last.pth`` (and ``model_best.pth`` when ``is_best``).
+    def save(self, is_best: bool = False, record: dict[str, Any] | None = None) -> Path:
+        """Commit the epoch (:meth:`unreid.engine.rundir.RunDir.commit`): ``checkpoint_last.pth`` holding
+        ``record`` too, then ``model_best.pth`` when ``is_best``, then ``record`` in ``metrics.jsonl``.
 
         The checkpoint holds every named module (``"model"``: the re-ID model, as ``model_best.pth`` and
         ``unreid eval`` read it; ``"modules"``: the others), the optimisers, schedulers and scaler, the
         method's labels and memories, the RNG states and the epoch counter.
         """
+        if record is not None:
+            record["unreadable_images"] = self._count_unreadable()
+            record = ordered_record(record)
         state = {
             "format": CHECKPOINT_FORMAT,
             "mode": self.mode,
@@ -494,15 +504,12 @@ class Trainer:
             "method": to_tensors(self.method.state_dict()),
             "rng": rng_state(),
         }
-        path = save_checkpoint(state, self.output_dir / "checkpoint_last.pth")
-        if is_best:
-            save_checkpoint({k: state[k] for k in ("format", "mode", "config", "epoch", "model")},
-                            self.output_dir / "model_best.pth")
-        return path
+        return self.run.commit(state, record, best=is_best)
 
     def load(self, path: Path) -> None:
-        """Restore everything :meth:`save` wrote (exact resume); also reads the first checkpoint format
-        (one optimiser: ``optimizer`` / ``scheduler`` / ``scaler`` keys)."""
+        """Restore everything :meth:`save` wrote (exact resume; also the first checkpoint format, with one
+        optimiser: ``optimizer`` / ``scheduler`` / ``scaler`` keys); the folder's ``metrics.jsonl`` and
+        ``model_best.pth`` are repaired from the checkpoint where they lag behind it."""
         ckpt = load_checkpoint(path)
         saved_mode = ckpt.get("mode")
         if saved_mode != self.mode:
@@ -524,6 +531,7 @@ class Trainer:
         self.state.best_score = float(ckpt["best_score"])
         self.state.best_epoch = int(ckpt["best_epoch"])
         self.state.best_test = dict(ckpt.get("best_test") or {})
+        self.run.restore(ckpt, path)
         log.info("resumed from %s after epoch %d", path, self.state.epoch - 1)
 
 
@@ -605,11 +613,9 @@ def load_model_from_checkpoint(path: str | Path, cfg: Config | None = None) -> t
     return model, cfg
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+def ordered_record(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its keys in reading order: :data:`RECORD_ORDER` first, then the others as they came."""
+    ordered = {k: record[k] for k in RECORD_ORDER if k in record}
+    ordered.update({k: v for k, v in record.items() if k not in ordered})
+    return ordered
+

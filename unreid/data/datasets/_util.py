@@ -5,10 +5,13 @@ image listing and relabelling (after torchreid ``torchreid/data/datasets/dataset
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from unreid.data.datasets.base import Sample
+
+log = logging.getLogger("unreid")
 
 #: image file extensions every family accepts (case-insensitive)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -57,6 +60,16 @@ def require(root: Path, names: Iterable[str], dataset: str, layout: str) -> None
 def list_images(folder: Path) -> list[Path]:
     """Image files (:data:`IMAGE_EXTS`) directly in ``folder``, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def report_unmatched(dataset: str, folder: Path, names: list[str], expected: str, shown: int = 3) -> int:
+    """Log one warning when image files of ``folder`` were ignored because their names do not match the
+    family's pattern (how many, and the first ``shown`` names); returns ``len(names)``."""
+    if names:
+        more = ", ..." if len(names) > shown else ""
+        log.warning("%s: %d image file(s) in %s ignored: their names do not match %s (e.g. %s%s)",
+                    dataset, len(names), folder, expected, ", ".join(names[:shown]), more)
+    return len(names)
 
 
 def relabel(samples: list[Sample]) -> list[Sample]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unreid.data.datasets._util import list_images, relabel, require, resolve_root
+from unreid.data.datasets._util import list_images, relabel, report_unmatched, require, resolve_root
 from unreid.data.datasets.base import ReIDData, Sample
 
 MARKET_LAYOUT = """\
@@ -37,28 +37,30 @@ MARKET_FOLDERS = ("Market-1501-v15.09.15", "Market-1501", "market1501")
 DUKE_FOLDERS = ("DukeMTMC-reID", "dukemtmc-reid", "dukemtmcreid", "dukemtmc")
 
 
-def parse_folder(folder: Path, is_train: bool) -> tuple[list[Sample], int]:
+def parse_folder(folder: Path, is_train: bool, name: str = "market1501") -> tuple[list[Sample], int]:
     """Samples of one Market/Duke-style folder.
 
     Args:
         folder: ``bounding_box_train/``, ``query/`` or ``bounding_box_test/``.
         is_train: drop distractors (pid 0) too.
+        name: data set name for the warning about ignored files.
 
     Returns:
         ``(samples, skipped)``: samples with the file's pid and 0-based camid (in file-name order), and
-        the number of image files whose name does not match :data:`PATTERN` (ignored).
+        the number of image files whose name does not match :data:`PATTERN` (ignored, and logged as one
+        warning naming a few of them).
     """
-    out, skipped = [], 0
+    out, skipped = [], []
     for p in list_images(folder):
         m = PATTERN.search(p.name)
         if m is None:
-            skipped += 1
+            skipped.append(p.name)
             continue
         pid, cam = int(m.group(1)), int(m.group(2))
         if pid == -1 or (is_train and pid == 0):
             continue
         out.append(Sample(str(p), pid, cam - 1))
-    return out, skipped
+    return out, report_unmatched(name, folder, skipped, "PPPP_cC... (identity_camera)")
 
 
 def load_market_layout(root: Path, name: str, layout: str = MARKET_LAYOUT) -> ReIDData:
@@ -73,13 +75,13 @@ def load_market_layout(root: Path, name: str, layout: str = MARKET_LAYOUT) -> Re
         FileNotFoundError: a split folder is missing, or no training image has a Market-style name.
     """
     require(root, SPLITS, name, layout)
-    train, s1 = parse_folder(root / "bounding_box_train", True)
+    train, s1 = parse_folder(root / "bounding_box_train", True, name)
     if not train:
         raise FileNotFoundError(
             f"{name}: no image named like PPPP_cC... in {root / 'bounding_box_train'}\n"
             f"Expected layout:\n{layout}")
-    query, s2 = parse_folder(root / "query", False)
-    gallery, s3 = parse_folder(root / "bounding_box_test", False)
+    query, s2 = parse_folder(root / "query", False, name)
+    gallery, s3 = parse_folder(root / "bounding_box_test", False, name)
     return ReIDData(name, relabel(train), query, gallery,
                     info={"root": str(root), "protocol": "market", "skipped_files": s1 + s2 + s3})
 

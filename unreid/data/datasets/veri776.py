@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unreid.data.datasets._util import list_images, relabel, require, resolve_root
+from unreid.data.datasets._util import list_images, relabel, report_unmatched, require, resolve_root
 from unreid.data.datasets.base import ReIDData, Sample
 
 VERI_LAYOUT = """\
@@ -25,14 +25,14 @@ SPLITS = ("image_train", "image_query", "image_test")
 
 
 def _parse(folder: Path) -> tuple[list[Sample], int]:
-    out, skipped = [], 0
+    out, skipped = [], []
     for p in list_images(folder):
         m = PATTERN.search(p.name)
         if m is None:
-            skipped += 1
+            skipped.append(p.name)
         elif int(m.group(1)) >= 0:
             out.append(Sample(str(p), int(m.group(1)), int(m.group(2)) - 1))
-    return out, skipped
+    return out, report_unmatched("veri776", folder, skipped, "VVVV_cCCC_... (vehicle_camera)")
 
 
 def veri776(root: str) -> ReIDData:
