@@ -64,15 +64,19 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename, folder fsync)."""
-    path = Path(path)
+def _atomic_write(path: Path, mode: str, write: Any, fault: str | None = None) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` into a temporary file of the same folder (``mode`` "w" or
+    "wb"), flush, fsync, rename over ``path``, fsync the folder. On any error the temporary file is removed
+    and ``path`` is left as it was. ``fault``: the test-only kill point between the write and the rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if fault:
+            fault_point(fault)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -80,6 +84,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename, folder fsync)."""
+    return _atomic_write(Path(path), "w", lambda fh: fh.write(text))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -87,24 +96,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
     ``state`` may hold tensors, numbers, strings, ``None`` and (nested) dicts / lists / tuples
     of those (what ``weights_only=True`` can read back). numpy arrays must be converted first
-    (see :func:`to_tensors`).
+    (see :func:`to_tensors`). Tests may kill the process with the temporary file written, not yet
+    renamed (fault point ``checkpoint_tmp``).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        fault_point("checkpoint_tmp")  # tests: killed with the temporary file written, not yet renamed
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return _atomic_write(Path(path), "wb", lambda fh: torch.save(state, fh), fault="checkpoint_tmp")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
