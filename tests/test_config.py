@@ -34,6 +34,8 @@ def test_overrides_and_yaml_inheritance(tmp_path):
         ("method.camera.online_balance=1.5", "method.camera.online_balance"),
         ("method.camera.online_positives=0", "method.camera.online_positives"),
         ("method.camera.intra_weight=-1", "intra_weight"),
+        ("method.hhcl.smoothing=top5", "method.hhcl.smoothing"),
+        ("method.hhcl.label_smoothing=1.0", "method.hhcl.label_smoothing"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -134,6 +134,10 @@ class HHCLConfig:
     legacy_weighting: bool = True  #: CMhybrid loss literally w*(CE_hard + (1-w)*CE_centroid)
     num_slots: int = 16  #: P of CMhybrid_v2 (public code ties it to --num-instances)
     label_smoothing: float = 0.0  #: HHCL --smooth > 0 means label smoothing 0.1 (CrossEntropyLabelSmooth)
+    #: how label_smoothing spreads eps: "topk" = HHCL's CrossEntropyLabelSmooth(C, 0.1, True)
+    #: (hhcl/models/losses.py): eps/k to each of the k = C // 50 largest logits when C >= 100, uniform
+    #: eps/C below; "uniform" = eps/C at every C (PyTorch's label_smoothing)
+    smoothing: str = "topk"
 
 
 @dataclass
@@ -240,6 +244,7 @@ _CHOICES = {
     "pseudo_labels.colour_descriptor": {"stripes", "lomo"},  # unreid.pseudo_labels.colour.DESCRIPTORS
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
+    "method.hhcl.smoothing": {"topk", "uniform"},  # unreid.losses.contrastive.SMOOTHING
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},
     "optim.optimizer": {"adam", "sgd"},
     "eval.protocol": {"market", "veri", "regdb", "sysu"},
@@ -297,6 +302,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"method.momentum must be in [0, 1), got {m.momentum}")
     if not 0.0 <= m.hhcl.hard_weight <= 1.0:
         raise ConfigError(f"method.hhcl.hard_weight must be in [0, 1], got {m.hhcl.hard_weight}")
+    if not 0.0 <= m.hhcl.label_smoothing < 1.0:
+        raise ConfigError(f"method.hhcl.label_smoothing must be in [0, 1), got {m.hhcl.label_smoothing}")
     c = m.camera
     if min(c.intra_weight, c.inter_weight, c.online_weight, c.method_loss_weight) < 0:
         raise ConfigError(

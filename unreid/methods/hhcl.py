@@ -7,7 +7,7 @@ paper's P x C instance memory). docs/methods/hhcl.md says which reproduces what.
 
 Config: ``method.temperature`` (tau), ``method.momentum`` (mu), ``method.hhcl.variant``,
 ``method.hhcl.hard_weight`` (w), ``method.hhcl.legacy_weighting``, ``method.hhcl.num_slots`` (P, v2),
-``method.hhcl.label_smoothing``.
+``method.hhcl.label_smoothing`` (eps), ``method.hhcl.smoothing`` (``"topk"``, HHCL's rule, or ``"uniform"``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class HHCL(MemoryMethod):
         m, h = self.cfg.method, self.cfg.method.hhcl
         return HybridMemory(num_features, num_clusters, variant=h.variant, temperature=m.temperature,
                             momentum=m.momentum, hard_weight=h.hard_weight, legacy_weighting=h.legacy_weighting,
-                            num_slots=h.num_slots, label_smoothing=h.label_smoothing, device=self.device)
+                            num_slots=h.num_slots, label_smoothing=h.label_smoothing, smoothing=h.smoothing,
+                            device=self.device)
 
     def refresh(self, epoch: int, features: Tensor) -> PseudoLabels:
         """Pseudo-labels (``Method.refresh``), then this epoch's hybrid memory from ``features`` ``(N, d)``."""
