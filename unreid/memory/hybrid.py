@@ -6,8 +6,8 @@ Re-Identification", IC-NIDC 2021 (arXiv 2109.12333). Reproduced behaviour from b
 ``examples/train.py`` (memory initialisation). Summary in ``../shared/ANCHORS.md`` (HHCL section),
 user-facing description in docs/methods/hhcl.md.
 
-Notation: ``q = f / ||f||`` a batch feature (the public model is built with ``norm=True``, so its memory
-sees normalised features; ours returns raw BNNeck features and we normalise here), ``y`` its
+Notation: ``q = f / ||f||`` a batch feature (the public model is built with ``norm=True``, as ours: its
+train-mode output is normalised, then dropped out; we normalise again here), ``y`` its
 pseudo-label, ``C`` clusters, ``tau`` the temperature, ``mu`` the momentum, ``w`` the hard weight.
 ``CE`` is the cross-entropy of :func:`unreid.losses.cluster_nce`, with optional label smoothing (HHCL
 ``--smooth > 0``: ``eps = 0.1`` with HHCL's top-k rule, ``smoothing="topk"``, for every cross-entropy,
