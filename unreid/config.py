@@ -191,6 +191,8 @@ class OptimConfig:
     """Optimiser and schedule (CC: Adam 3.5e-4, wd 5e-4, x0.1 every 20 epochs, 50 epochs)."""
 
     optimizer: str = "adam"  #: "adam" | "sgd"
+    #: learning rate, >= 0; 0 is a control run: the same data, labels, memories and BN statistics, no
+    #: weight change (tests/test_end_to_end.py compares training with it)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     momentum: float = 0.9  #: SGD only
@@ -324,9 +326,9 @@ def validate(cfg: Config) -> Config:
                 f"method.camera: need ca_k1_intra >= 1, ca_k1_inter >= 0, ca_k2_intra >= 1, ca_k2_inter >= 0 "
                 f"(got {c.ca_k1_intra}, {c.ca_k1_inter}, {c.ca_k2_intra}, {c.ca_k2_inter})")
     o = cfg.optim
-    if o.lr <= 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
+    if o.lr < 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
         raise ConfigError(
-            f"optim: need lr > 0, epochs >= 1, iters >= 0, step_size >= 1 "
+            f"optim: need lr >= 0, epochs >= 1, iters >= 0, step_size >= 1 "
             f"(got lr={o.lr}, epochs={o.epochs}, iters={o.iters}, step_size={o.step_size})"
         )
     if cfg.eval.every < 1:
