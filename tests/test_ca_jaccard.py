@@ -120,12 +120,25 @@ def test_config_rejects_ca_jaccard_with_per_camera_matching(tmp_path):
         load_config(None, ["method.camera.neighbourhood=ca_jaccard", "method.camera.ca_k1_intra=0"])
 
 
-def test_ca_jaccard_run_through_the_engine(synthetic_root, tmp_path):
+def test_ca_jaccard_run_through_the_engine(synthetic_root, tmp_path, monkeypatch):
     cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
         "optim.epochs": 1, "optim.iters": 1, "method.camera.neighbourhood": "ca_jaccard",
         "method.camera.proxies": True, "data.batch_size": 8, "data.num_instances": 2}))
     trainer = Trainer(cfg)
+    made = []
+    fit = CameraAwareJaccardLabeler.fit
+
+    def spy(self, features, camids=None, **kwargs):
+        made.append((fit(self, features, camids=camids, **kwargs), np.asarray(camids).copy()))
+        return made[-1][0]
+
+    monkeypatch.setattr(CameraAwareJaccardLabeler, "fit", spy)
     trainer.train()
+    # the camera-aware labeller made the labels the method trained with, from the training cameras
+    assert len(made) == 1
+    labels, cams = made[0]
+    assert np.array_equal(trainer.method.labels.labels, labels.labels)
+    assert np.array_equal(cams, np.asarray(trainer.method.camids))
     row = metrics_rows(trainer.output_dir)[-1]
     pl = row["pseudo_labels"]
     assert pl["num_clusters"] >= 1 and pl["num_proxies"] >= pl["num_clusters"]

@@ -44,26 +44,77 @@ def test_camera_standardize_removes_each_cameras_statistics():
         camera_standardize(f, np.array([0, 1, 0]))
 
 
-def _two_epoch_run(root, out, **extra) -> tuple[Trainer, list[dict]]:
-    """A 2-epoch x 2-step camera-aware run on the synthetic set; the trainer and its training rows."""
+def _two_epoch_run(root, out, seen: dict | None = None, **extra) -> tuple[Trainer, list[dict]]:
+    """A 2-epoch x 2-step camera-aware run on the synthetic set; the trainer and its training rows.
+
+    With ``seen`` (a dict), records what went through the method: ``seen["extracted"]``, the features
+    ``(N, d)`` given to ``method.pseudo_label`` each epoch, and ``seen["batches"]``, the dataset indices
+    ``(B,)`` of every training batch.
+    """
     trainer = Trainer(load_config(None, tiny_overrides(root, out, **{
         "optim.epochs": 2, "optim.iters": 2, **CAMERA_AWARE, **extra})))
+    if seen is not None:
+        method = trainer.method
+        label, step = method.pseudo_label, method.training_step
+        seen.update(extracted=[], batches=[])
+
+        def spy_label(epoch, features):
+            seen["extracted"].append(features.clone())
+            return label(epoch, features)
+
+        def spy_step(batch):
+            seen["batches"].append(batch["index"].clone())
+            return step(batch)
+
+        method.pseudo_label, method.training_step = spy_label, spy_step
     trainer.train()
     train_rows = [r for r in metrics_rows(trainer.output_dir) if "losses" in r]
     assert len(train_rows) == 2
     return trainer, train_rows
 
 
-def test_camera_aware_run_reports_proxies_and_cross_camera_ratio(synthetic_root, tmp_path):
-    _, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run")
+def _spy_labeller(monkeypatch) -> list[torch.Tensor]:
+    """Record the features ``(N, d)`` every ``PseudoLabeler.fit`` receives (what the clustering sees)."""
+    from unreid.pseudo_labels import PseudoLabeler
+
+    fed: list[torch.Tensor] = []
+    fit = PseudoLabeler.fit
+
+    def spy(self, features, *args, **kwargs):
+        fed.append(torch.as_tensor(features).clone())
+        return fit(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(PseudoLabeler, "fit", spy)
+    return fed
+
+
+def test_camera_aware_run_reports_proxies_and_cross_camera_ratio(synthetic_root, tmp_path, monkeypatch):
+    fed, seen = _spy_labeller(monkeypatch), {}
+    trainer, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run", seen)
+    cams = np.asarray(trainer.method.camids)
     for r in train_rows:
-        pl = r["pseudo_labels"]
+        pl, losses = r["pseudo_labels"], r["losses"]
         assert pl["num_proxies"] >= pl["num_clusters"]
         assert 0.0 <= pl["cross_camera_ratio"] <= 1.0
         assert sum(pl["proxies_per_camera"].values()) == pl["num_proxies"]
-        assert {"loss", "cluster_nce", "intra_camera", "inter_camera"} <= set(r["losses"])
+        assert {"loss", "cluster_nce", "intra_camera", "inter_camera"} <= set(losses)
+        # the proxy losses are in the total beside ClusterNCE (method_loss_weight 1; the reported
+        # inter-camera term is already weighted), and the intra-camera term does work every epoch
+        assert losses["intra_camera"] > 0.0
+        assert losses["loss"] == pytest.approx(
+            losses["cluster_nce"] + losses["intra_camera"] + losses["inter_camera"], rel=1e-4)
     assert train_rows[0]["losses"]["inter_camera"] == 0.0  # off before inter_start_epoch
     assert train_rows[1]["losses"]["inter_camera"] > 0.0
+    # one proxy per (pseudo-identity, camera) of the last epoch's labels, every camera represented
+    labels = trainer.method.labels.labels
+    pairs = {(int(y), int(c)) for y, c in zip(labels, cams, strict=True) if y >= 0}
+    assert train_rows[-1]["pseudo_labels"]["num_proxies"] == len(pairs) == trainer.method.proxy_memory.num_proxies
+    assert set(train_rows[-1]["pseudo_labels"]["proxies_per_camera"]) == {str(c) for c in np.unique(cams)}
+    # neighbourhood=standardize: the clustering saw the per-camera standardised features, not the raw ones
+    assert len(fed) == len(seen["extracted"]) == 2
+    for raw, clustered in zip(seen["extracted"], fed, strict=True):
+        torch.testing.assert_close(clustered, camera_standardize(raw, cams))
+        assert (clustered - raw).abs().max() > 1e-2
 
 
 def test_o2cap_losses_run_through_the_engine(synthetic_root, tmp_path):
@@ -80,7 +131,8 @@ def test_o2cap_losses_run_through_the_engine(synthetic_root, tmp_path):
 
 def test_proxy_sampler_runs_through_the_engine(synthetic_root, tmp_path):
     # data.sampler=proxy: the engine draws K images of every (pseudo-id, camera) proxy per pass
-    trainer, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run", **{
+    seen: dict = {}
+    trainer, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run", seen, **{
         "data.sampler": "proxy", "method.camera.online_weight": 1.0})
     sampler = trainer.method.sampler(trainer.method.labels, seed=0)
     labels, cams = trainer.method.labels.labels, np.asarray(trainer.method.camids)
@@ -90,6 +142,10 @@ def test_proxy_sampler_runs_through_the_engine(synthetic_root, tmp_path):
     assert all(len({(int(labels[i]), int(cams[i])) for i in g}) == 1 for g in order)  # one proxy per group
     assert len(order) == len(keys) == train_rows[-1]["pseudo_labels"]["num_proxies"]  # each proxy once
     assert all(np.isfinite(r["losses"]["loss"]) for r in train_rows)
+    # ... and the engine trained on it: the last epoch's batches are K images of one proxy after another
+    last = torch.cat(seen["batches"][-trainer.cfg.optim.iters:]).numpy().reshape(-1, k)
+    assert all(len({(int(labels[i]), int(cams[i])) for i in g}) == 1 for g in last)
+    assert len({(int(labels[g[0]]), int(cams[g[0]])) for g in last}) > 1
 
 
 def test_cross_camera_matching_run_merges_clusters_across_cameras(synthetic_root, tmp_path):
@@ -135,5 +191,8 @@ def test_every_camera_aware_part_runs_under_hhcl(synthetic_root, tmp_path):
         # the total is HHCL's own loss (method_loss_weight 1, both cross-entropies positive) plus the
         # proxy terms (the inter-camera one already weighted): HHCL's loss was not dropped
         assert losses["loss"] - losses["intra_camera"] - losses["inter_camera"] > 0.1
+        # exactly: CMhybrid's legacy w * (CE_hard + (1 - w) * CE_centroid), w = 0.5, plus the proxy terms
+        hhcl_loss = 0.5 * (losses["hard_nce"] + 0.5 * losses["centroid_nce"])
+        assert losses["loss"] == pytest.approx(hhcl_loss + losses["intra_camera"] + losses["inter_camera"], rel=1e-4)
     assert train_rows[1]["losses"]["inter_camera"] > 0.0
     assert camera_bn_layers(trainer.model)

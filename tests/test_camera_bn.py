@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import metrics_rows, tiny_overrides
@@ -187,7 +188,22 @@ def test_training_splits_each_batch_by_camera(synthetic_root, tmp_path):
     layer = camera_bn_layers(trainer.model)[0]
     # (train-mode passes without camera ids are the statistics estimates of feature extraction)
     layer.register_forward_pre_hook(lambda m, args: seen.append(m.camids.clone()) if m.camids is not None else None)
+    errors: list[float] = []
+
+    def per_camera_check(m, args, out):
+        """Each camera's rows of a training batch were normalised with that camera's own batch statistics."""
+        if m.camids is None:
+            return
+        x, y = args[0].detach(), out.detach()
+        for c in m.camids.unique():
+            rows = m.camids == c
+            if int(rows.sum()) > 1:
+                ref = F.batch_norm(x[rows], None, None, m.weight.detach(), m.bias.detach(), True, 0.0, m.eps)
+                errors.append(float((y[rows] - ref).abs().max()))
+
+    layer.register_forward_hook(per_camera_check)
     trainer.train()
+    assert errors and max(errors) < 1e-4, errors
     train_cams = {s.camid for s in trainer.method.train_set}
     assert len(seen) == 2 and all(len(c) == cfg.data.batch_size and set(c.tolist()) <= train_cams for c in seen)
     assert any(len(set(c.tolist())) > 1 for c in seen)  # mixed-camera batches reach the layer split

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import metrics_rows, tiny_overrides
+from tests.test_camera_aware import _spy_labeller
 from unreid.config import ConfigError, load_config
 from unreid.data.loader import ImageCache
 from unreid.engine import Trainer
@@ -85,7 +86,7 @@ def test_append_colour_removes_a_camera_colour_cast():
         append_colour(feats, colour[:5], cams, weight=1.0)
 
 
-def test_colour_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path):
+def test_colour_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="colour_weight"):
         load_config(None, tiny_overrides(synthetic_root, tmp_path / "bad", **{"pseudo_labels.colour_weight": -1}))
     out = tmp_path / "run"
@@ -94,15 +95,20 @@ def test_colour_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path):
     trainer = Trainer(cfg)
     seen = {}
     fit = trainer.method.pseudo_label
+    fed = _spy_labeller(monkeypatch)
 
     def spy(epoch, features):
         labels = fit(epoch, features)
-        seen["d"] = features.shape[1]
+        seen["d"], seen["raw"] = features.shape[1], features.clone()
         return labels
 
     trainer.method.pseudo_label = spy
     trainer.train()
     assert trainer.method._colour is not None and trainer.method._colour.shape[0] == len(trainer.method.train_set)
+    # the clustering saw the network features with the colour histograms appended (weight 1)
+    colour, cams = trainer.method._colour, trainer.method.camids
+    assert len(fed) == 1 and fed[0].shape[1] == seen["d"] + colour.shape[1]
+    torch.testing.assert_close(fed[0], append_colour(seen["raw"], colour, cams, 1.0))
     assert trainer.cache is not None and trainer.method.image_cache is trainer.cache  # decoded once, shared
     # the memory is built from the network features, not from the features with colour appended
     assert trainer.method.memory.features.shape[1] == seen["d"] == trainer.model.feature_dim

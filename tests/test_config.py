@@ -34,11 +34,18 @@ def test_overrides_and_yaml_inheritance(tmp_path):
         ("method.camera.online_balance=1.5", "method.camera.online_balance"),
         ("method.camera.online_positives=0", "method.camera.online_positives"),
         ("method.camera.intra_weight=-1", "intra_weight"),
+        ("method.hhcl.smoothing=top5", "method.hhcl.smoothing"),
+        ("optim.lr=-0.001", "lr >= 0"),
+        ("method.hhcl.label_smoothing=1.0", "method.hhcl.label_smoothing"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [override])
+
+
+def test_lr_zero_is_a_valid_control_run():
+    assert load_config(None, ["optim.lr=0"]).optim.lr == 0.0
 
 
 def test_missing_file_and_round_trip(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from unreid.config import load_config
+from unreid.config import Config, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 CAMERA_AWARE = Path(__file__).resolve().parents[1] / "configs" / "camera_aware"
@@ -43,6 +43,20 @@ def test_cluster_contrast_recipe_values():
     assert (v.data.height, v.data.width, v.optim.iters) == (224, 224, 400)
     cpu = load_config(root / "cuhk03_detected_cpu.yaml", ["optim.epochs=2"])
     assert cpu.model.backbone == "efficientnet_lite0" and cpu.optim.epochs == 2
+
+
+#: configs that reproduce a paper's published run (not the *_cpu.yaml budget variants)
+PUBLISHED_RECIPES = ["cluster_contrast/market1501.yaml", "cluster_contrast/dukemtmc.yaml",
+                     "cluster_contrast/msmt17.yaml", "cluster_contrast/veri776.yaml", "hhcl/market1501.yaml",
+                     "hhcl/market1501_ibn.yaml", "hhcl/dukemtmc.yaml", "hhcl/msmt17.yaml"]
+
+
+@pytest.mark.parametrize("name", PUBLISHED_RECIPES)
+def test_published_recipes_train_in_fp32(name):
+    """The reference code (Cluster Contrast, HHCL) trains and extracts in fp32: no AMP in the recipes,
+    although the library default is optim.amp=true."""
+    assert Config().optim.amp is True  # the default; the recipes must override it
+    assert load_config(Path(__file__).resolve().parents[1] / "configs" / name).optim.amp is False
 
 
 def test_colour_config_is_the_cap_clustering_variant_plus_colour():

@@ -197,6 +197,107 @@ def test_state_dict_round_trip_both_variants():
             wrong.load_state_dict(state)
 
 
+# --------------------------------------------------------------------------------------- label smoothing
+def _smooth_targets_loop(logits, y, eps):
+    """HHCL's CrossEntropyLabelSmooth(C, eps, topk_smoothing=True) targets for one row, by a loop
+    (hhcl/models/losses.py): k = C // 50; k > 1: (1-eps) on y plus eps/k on each of the k largest
+    logits (y included when it is one of them); otherwise uniform (1-eps)*onehot + eps/C."""
+    c = len(logits)
+    k = c // 50
+    target = [0.0] * c
+    target[y] += 1 - eps
+    if k > 1:
+        ranked = sorted(range(c), key=lambda j: -logits[j])
+        for j in ranked[:k]:
+            target[j] += eps / k
+    else:
+        target = [v + eps / c for v in target]
+    return target
+
+
+def _ce_targets(logits, target):
+    lse = math.log(sum(math.exp(v) for v in logits))
+    return -sum(t * (v - lse) for t, v in zip(target, logits))
+
+
+def _distinct_logits(b, c, seed):
+    """(B, C) logits without ties (a permutation of a grid), float64 for the Python loop."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(c, generator=g).double() * (4.0 / c) for _ in range(b)])
+
+
+@pytest.mark.parametrize("c", [7, 60, 99, 100, 149, 150, 260])
+def test_topk_label_smoothing_matches_a_loop_reference(c):
+    from unreid.losses import cluster_nce
+
+    logits = _distinct_logits(3, c, seed=c)
+    # row 0: true class = the row's argmax (inside the top-k); row 1: the argmin (outside); row 2: middle
+    t = [int(logits[0].argmax()), int(logits[1].argmin()), int(logits[2].argsort()[c // 2])]
+    rows = logits.tolist()
+    targets = [_smooth_targets_loop(r, y, 0.1) for r, y in zip(rows, t)]
+    expected = sum(_ce_targets(r, tg) for r, tg in zip(rows, targets)) / 3
+    x = logits.float().requires_grad_(True)
+    got = cluster_nce(x, torch.tensor(t), 0.1, "topk")
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # d loss / d logits = (softmax - target) / B: the top-k targets are constants (no gradient through them)
+    got.backward()
+    expected_grad = (torch.softmax(logits, 1) - torch.tensor(targets, dtype=torch.float64)) / 3
+    torch.testing.assert_close(x.grad, expected_grad.float(), rtol=1e-4, atol=1e-6)
+    uniform = sum(_ce(r, y, 0.1) for r, y in zip(rows, t)) / 3
+    assert cluster_nce(logits.float(), torch.tensor(t), 0.1, "uniform").item() == pytest.approx(uniform, rel=1e-5)
+    if c >= 100:  # k = C // 50 >= 2: top-k differs from uniform ...
+        assert abs(expected - uniform) > 1e-3
+        assert targets[0][t[0]] == pytest.approx(0.9 + 0.1 / (c // 50))  # ... and y may be one of the top-k
+    else:  # k <= 1: HHCL falls back to uniform
+        assert expected == pytest.approx(uniform, rel=1e-9)
+    # eps = 0: plain cross-entropy whatever the rule
+    plain = F.cross_entropy(logits.float(), torch.tensor(t)).item()
+    assert cluster_nce(logits.float(), torch.tensor(t), 0.0, "topk").item() == pytest.approx(plain, rel=1e-6)
+    with pytest.raises(ValueError, match="method.hhcl.smoothing"):
+        cluster_nce(logits.float(), torch.tensor(t), 0.1, "top5")
+
+
+@pytest.mark.parametrize("variant", ["cmhybrid", "cmhybrid_v2"])
+def test_memory_smooths_every_cross_entropy_with_hhcls_topk_by_default(variant):
+    c, d = 120, 6  # k = 120 // 50 = 2
+    feats = F.normalize(torch.randn(3 * c, d, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = np.repeat(np.arange(c), 3)
+    mem = HybridMemory(d, c, variant, temperature=0.5, num_slots=2, label_smoothing=0.1)
+    assert mem.smoothing == "topk"
+    mem.init_from_features(feats, labels, generator=torch.Generator().manual_seed(1))
+    f = torch.randn(4, d, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 5, 5, 119])
+    q = F.normalize(f, dim=1).double()
+    if variant == "cmhybrid":
+        hard = (q @ mem.hard.double().t() / 0.5).tolist()
+    else:
+        sims = torch.einsum("bd,pcd->pbc", q, mem.slots.double())
+        onehot = F.one_hot(t, c).bool()
+        hard = (torch.where(onehot, sims.min(0).values, sims.max(0).values) / 0.5).tolist()
+    cent = (q @ mem.centroids.double().t() / 0.5).tolist()
+    y = t.tolist()
+    exp_h = sum(_ce_targets(r, _smooth_targets_loop(r, yy, 0.1)) for r, yy in zip(hard, y)) / 4
+    exp_c = sum(_ce_targets(r, _smooth_targets_loop(r, yy, 0.1)) for r, yy in zip(cent, y)) / 4
+    out = mem.losses(f, t)
+    assert out["hard_nce"].item() == pytest.approx(exp_h, rel=1e-5)
+    assert out["centroid_nce"].item() == pytest.approx(exp_c, rel=1e-5)
+    mem.smoothing = "uniform"
+    assert mem.losses(f, t)["hard_nce"].item() == pytest.approx(
+        sum(_ce(r, yy, 0.1) for r, yy in zip(hard, y)) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="method.hhcl.smoothing"):
+        HybridMemory(d, c, variant, smoothing="top5")
+
+
+def test_method_passes_the_configured_smoothing():
+    method = _method("cmhybrid")
+    assert method.cfg.method.hhcl.smoothing == "topk"
+    assert method._new_memory(D, 3).smoothing == "topk"
+    method.cfg.method.hhcl.smoothing = "uniform"
+    method.cfg.method.hhcl.label_smoothing = 0.1
+    mem = method._new_memory(D, 3)
+    assert (mem.smoothing, mem.label_smoothing) == ("uniform", 0.1)
+
+
 # ------------------------------------------------------------------------------------------------ method
 N, D = 8, 4
 M_LABELS = np.array([0, 0, 1, 1, 2, 2, -1, 1])
@@ -291,8 +392,8 @@ def test_hhcl_configs_load_with_cited_values():
     assert (m.pseudo_labels.k1, m.pseudo_labels.k2, m.pseudo_labels.min_samples, m.pseudo_labels.eps) == (
         30, 6, 4, 0.45)
     h = m.method.hhcl
-    assert (h.variant, h.hard_weight, h.legacy_weighting, h.num_slots, h.label_smoothing) == (
-        "cmhybrid", 0.5, True, 16, 0.0)
+    assert (h.variant, h.hard_weight, h.legacy_weighting, h.num_slots, h.label_smoothing, h.smoothing) == (
+        "cmhybrid", 0.5, True, 16, 0.0, "topk")
     d = load_config(CONFIGS / "dukemtmc.yaml")
     assert (d.data.name, d.pseudo_labels.eps, d.optim.iters, d.model.pooling) == ("dukemtmc", 0.6, 200, "avg")
     s = load_config(CONFIGS / "msmt17.yaml")

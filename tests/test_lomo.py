@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from tests.conftest import tiny_overrides
+from tests.test_camera_aware import _spy_labeller
 from unreid.config import _CHOICES, ConfigError, load_config
 from unreid.engine import Trainer
-from unreid.pseudo_labels.colour import DESCRIPTORS, load_colour_histograms, load_descriptors
+from unreid.pseudo_labels.colour import DESCRIPTORS, append_colour, load_colour_histograms, load_descriptors
 from unreid.pseudo_labels.lomo import _max_occurrence, load_lomo_descriptors, lomo_descriptors, retinex, siltp
 
 
@@ -103,7 +104,7 @@ def test_load_lomo_descriptors_from_files(tmp_path):
         load_descriptors(paths, (32, 16), "hog")
 
 
-def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path):
+def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="colour_descriptor"):
         load_config(None, tiny_overrides(synthetic_root, tmp_path / "bad", **{"pseudo_labels.colour_descriptor": "x"}))
     cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
@@ -112,13 +113,17 @@ def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path):
     trainer = Trainer(cfg)
     seen = {}
     fit = trainer.method.pseudo_label
+    fed = _spy_labeller(monkeypatch)
 
     def spy(epoch, features):
-        seen["d"] = features.shape[1]
+        seen["d"], seen["raw"] = features.shape[1], features.clone()
         return fit(epoch, features)
 
     trainer.method.pseudo_label = spy
     trainer.train()
+    # the clustering saw the network features with the LOMO descriptors appended (weight 1)
+    assert len(fed) == 1 and fed[0].shape[1] == seen["d"] + 16 * 674
+    torch.testing.assert_close(fed[0], append_colour(seen["raw"], trainer.method._colour, trainer.method.camids, 1.0))
     # 64 x 32 images: 11 + 5 bands (16 x 8 holds no 10 x 10 window) x (512 + 162), computed once
     assert trainer.method._colour.shape == (len(trainer.method.train_set), 16 * 674)
     assert trainer.method.memory.features.shape[1] == seen["d"] == trainer.model.feature_dim

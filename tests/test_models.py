@@ -41,9 +41,8 @@ def test_train_and_eval_outputs():
     m.train()
     f = m(x)
     assert f.shape == (2, 512) and f.dtype == torch.float32
-    # train mode: the raw BatchNorm output (per-feature zero mean / unit variance over the batch), not unit norm
-    norms = f.norm(dim=1)
-    assert (norms > 2.0).all(), norms
+    # train mode (no dropout): the BatchNorm output L2-normalised, as CC's model built with norm=True
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(2))
     m.eval()
     g = m(x)
     assert g.shape == (2, 512) and g.dtype == torch.float32
@@ -64,7 +63,7 @@ def test_train_output_is_batchnorm_of_gem_of_the_feature_map():
     pooled = fmap.detach().clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)
     mu, var = pooled.mean(0), pooled.var(0, unbiased=False)
     expected = (pooled - mu) / torch.sqrt(var + 1e-5)  # weight 1, bias 0
-    torch.testing.assert_close(f.detach(), expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(f.detach(), F.normalize(expected, dim=1), rtol=1e-3, atol=1e-4)
 
 
 def test_outputs_are_float32_under_autocast():
@@ -80,7 +79,10 @@ def test_embedding_dropout_and_no_bnneck():
     m = _r18(embedding_dim=64, dropout=0.0).train()
     assert m.feature_dim == 64 and isinstance(m.embedding, torch.nn.Linear)
     f = m(torch.randn(3, 3, 64, 32))
-    assert f.shape == (3, 64) and (f >= 0).all()  # CC applies ReLU after feat_bn in training with an embedding
+    assert f.shape == (3, 64)
+    # CC with norm=True: normalised, never a ReLU (its ReLU is in the norm=False branch)
+    assert (f < 0).any()
+    torch.testing.assert_close(f.norm(dim=1), torch.ones(3))
     m.eval()
     g = m(torch.randn(3, 3, 64, 32))
     assert (g < 0).any()  # no ReLU at eval
@@ -91,6 +93,29 @@ def test_embedding_dropout_and_no_bnneck():
         _r18(dropout=1.5)
     with pytest.raises(ValueError, match="model.pooling"):
         _r18(pooling="max")
+
+
+@pytest.mark.parametrize("embedding_dim", [0, 16])
+def test_train_mode_normalises_then_drops_out(embedding_dim):
+    """CC ``ResNet.forward`` with ``norm=True``: ``F.normalize(bn_x)``, then ``nn.Dropout`` (train mode
+    only); no ReLU with an embedding. Surviving entries = normalised BNNeck output / (1 - p)."""
+    p = 0.5
+    m = _r18(embedding_dim=embedding_dim, dropout=p).train()
+    x = torch.randn(4, 3, 64, 32)
+    with torch.no_grad():
+        pooled = m.forward_features(x)  # (after the embedding when there is one)
+        mu, var = pooled.mean(0), pooled.var(0, unbiased=False)
+        expected = F.normalize((pooled - mu) / torch.sqrt(var + 1e-5), dim=1)  # BNNeck weight 1, bias 0
+        f = m(x)
+    kept = f != 0
+    assert 0 < kept.float().mean() < 1  # dropout active in train mode
+    torch.testing.assert_close(f[kept] * (1 - p), expected[kept], rtol=1e-3, atol=1e-4)
+    assert (f < 0).any()  # no ReLU
+    m.eval()
+    with torch.no_grad():
+        g = m(x)
+    assert (g != 0).all()  # no dropout at eval
+    torch.testing.assert_close(g.norm(dim=1), torch.ones(4))
 
 
 def test_last_stride_doubles_the_final_map():

@@ -30,9 +30,17 @@ def test_singleton_run_trains_on_every_sample_and_reports_the_clustering(synthet
     extra = {"optim.epochs": 2, "pseudo_labels.outliers": "singleton", "pseudo_labels.eps": 0.4}
     full = tmp_path / "full"
     trainer = Trainer(load_config(None, tiny_overrides(synthetic_root, full, **extra)))
+    batches: list[torch.Tensor] = []
+    step = trainer.method.training_step
+    trainer.method.training_step = lambda batch: (batches.append(batch["index"].clone()), step(batch))[1]
     trainer.train()
     labels = trainer.method.labels
     assert labels.num_outliers == 0 and labels.num_singletons > 0
+    # the singletons are trained on: the last epoch's batches hold samples DBSCAN left out, with their
+    # own class ids (>= the number of clusters)
+    last = torch.cat(batches[-trainer.cfg.optim.iters:]).numpy()
+    singles = last[labels.cluster_labels[last] < 0]
+    assert len(singles) > 0 and (labels.labels[singles] >= labels.num_clusters - labels.num_singletons).all()
     assert trainer.method.memory.features.shape[0] == labels.num_clusters  # one memory row per class
     rows = [r for r in metrics_rows(full) if "pseudo_labels" in r]
     last = rows[-1]["pseudo_labels"]

@@ -151,6 +151,10 @@ class HHCLConfig:
     legacy_weighting: bool = True  #: CMhybrid loss literally w*(CE_hard + (1-w)*CE_centroid)
     num_slots: int = 16  #: P of CMhybrid_v2 (public code ties it to --num-instances)
     label_smoothing: float = 0.0  #: HHCL --smooth > 0 means label smoothing 0.1 (CrossEntropyLabelSmooth)
+    #: how label_smoothing spreads eps: "topk" = HHCL's CrossEntropyLabelSmooth(C, 0.1, True)
+    #: (hhcl/models/losses.py): eps/k to each of the k = C // 50 largest logits when C >= 100, uniform
+    #: eps/C below; "uniform" = eps/C at every C (PyTorch's label_smoothing)
+    smoothing: str = "topk"
 
 
 @dataclass
@@ -224,6 +228,8 @@ class OptimConfig:
     """
 
     optimizer: str = "adam"  #: "adam" | "sgd"
+    #: learning rate, >= 0; 0 is a control run: the same data, labels, memories and BN statistics, no
+    #: weight change (tests/test_end_to_end.py compares training with it)
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
     momentum: float = 0.9  #: SGD only
@@ -295,6 +301,7 @@ _CHOICES = {
     "pseudo_labels.merge_mode": {"one_to_one", "bilateral", "relaxed"},  # unreid.pseudo_labels.matching.MATCH_MODES
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
+    "method.hhcl.smoothing": {"topk", "uniform"},  # unreid.losses.contrastive.SMOOTHING
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},
     "optim.optimizer": {"adam", "sgd"},
     "eval.protocol": {"market", "veri", "regdb", "sysu"},
@@ -357,6 +364,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"method.momentum must be in [0, 1), got {m.momentum}")
     if not 0.0 <= m.hhcl.hard_weight <= 1.0:
         raise ConfigError(f"method.hhcl.hard_weight must be in [0, 1], got {m.hhcl.hard_weight}")
+    if not 0.0 <= m.hhcl.label_smoothing < 1.0:
+        raise ConfigError(f"method.hhcl.label_smoothing must be in [0, 1), got {m.hhcl.label_smoothing}")
     c = m.camera
     if min(c.intra_weight, c.inter_weight, c.online_weight, c.method_loss_weight) < 0:
         raise ConfigError(
@@ -378,9 +387,9 @@ def validate(cfg: Config) -> Config:
                 f"(got {c.ca_k1_intra}, {c.ca_k1_inter}, {c.ca_k2_intra}, {c.ca_k2_inter})")
     check_grouping(cfg)
     o = cfg.optim
-    if o.lr <= 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
+    if o.lr < 0 or o.epochs < 1 or o.iters < 0 or o.step_size < 1:
         raise ConfigError(
-            f"optim: need lr > 0, epochs >= 1, iters >= 0, step_size >= 1 "
+            f"optim: need lr >= 0, epochs >= 1, iters >= 0, step_size >= 1 "
             f"(got lr={o.lr}, epochs={o.epochs}, iters={o.iters}, step_size={o.step_size})"
         )
     for name, n in [("optim", o), *((f"optim.named.{k}", v) for k, v in o.named.items())]:

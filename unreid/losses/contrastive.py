@@ -16,9 +16,20 @@ L2-normalised ``(C, d)``, ``tau`` the temperature, ``y`` the pseudo-label of ``q
 * HHCL weightings (same file): ``CMhybrid`` legacy ``w * (CE_hard + (1 - w) * CE_centroid)`` (the public
   code, literally), clean ``w * CE_hard + (1 - w) * CE_centroid``; ``CMhybrid_v2``
   ``w * CE_centroid + (1 - w) * CE_hard``.
-* Label smoothing (HHCL ``--smooth > 0``: ``CrossEntropyLabelSmooth(num_classes, 0.1)`` in
-  ``hhcl/models/losses.py``; Szegedy et al., CVPR 2016): targets ``(1 - eps) * onehot(y) + eps / C``.
-  This is exactly PyTorch's ``F.cross_entropy(..., label_smoothing=eps)``, which we use.
+* Label smoothing (HHCL ``--smooth > 0``: ``CrossEntropyLabelSmooth(num_classes=C, epsilon=0.1,
+  topk_smoothing=True)``, built in ``ClusterMemory.__init__`` of ``hhcl/models/cm.py``, defined in
+  ``hhcl/models/losses.py``, ``CrossEntropyLabelSmooth.forward``; bupt-ai-cz/HHCL-ReID @4986b46). With
+  ``k = C // 50`` (integer division, ``C`` = the logits' width, i.e. this epoch's cluster count):
+
+  - ``k >= 2`` (``C >= 100``), **top-k smoothing**: targets ``(1 - eps) * onehot(y) + (eps / k) *
+    onehot(topk(logits))``, the top-k being the ``k`` largest logits of that row (the reference ranks
+    ``log_softmax``, the same order). The true class ``y`` is not excluded: when it is among the top-k
+    it receives ``1 - eps + eps / k``. Indices carry no gradient (we take them from detached logits).
+  - ``k <= 1`` (``C < 100``), uniform (Szegedy et al., CVPR 2016): ``(1 - eps) * onehot(y) + eps / C``,
+    exactly PyTorch's ``F.cross_entropy(..., label_smoothing=eps)``.
+
+  The loss is ``mean_b( -sum_k target[b, k] * log_softmax(logits)[b, k] )``. ``smoothing="uniform"``
+  applies the uniform rule at every ``C`` (our option, not the reference's).
 
 Logits are always computed in float32, also under ``torch.autocast`` (a float16 ``q M^T / 0.05`` loses
 precision and may overflow), by :func:`memory_logits`.
@@ -54,19 +65,45 @@ def memory_logits(features: Tensor, memory: Tensor, temperature: float) -> Tenso
         return q @ memory.float().t() / temperature
 
 
-def cluster_nce(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """ClusterNCE (Dai et al., ACCV 2022, Sec. 3.2): mean cross-entropy of ``logits`` with ``targets``.
+#: label-smoothing rules of :func:`cluster_nce` (config key ``method.hhcl.smoothing``)
+SMOOTHING: tuple[str, ...] = ("topk", "uniform")
+
+#: HHCL's top-k smoothing spreads ``eps`` over ``k = C // TOPK_DIVISOR`` classes (``losses.py``: ``//50``)
+TOPK_DIVISOR = 50
+
+
+def cluster_nce(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, smoothing: str = "uniform"
+                ) -> Tensor:
+    """ClusterNCE (Dai et al., ACCV 2022, Sec. 3.2): mean cross-entropy of ``logits`` with ``targets``,
+    optionally label-smoothed (rules in the module docstring).
 
     Args:
         logits: ``(B, C)`` float logits ``q M^T / tau`` (see :func:`memory_logits`).
         targets: ``(B,) int64`` pseudo-labels in ``[0, C)``.
         label_smoothing: ``eps`` in ``[0, 1)``; ``0`` is the plain ClusterNCE (the Cluster Contrast and
             HHCL default); HHCL ``--smooth > 0`` uses ``0.1``.
+        smoothing: ``"uniform"`` (default here; ``eps / C`` to every class) or ``"topk"`` (HHCL's
+            ``CrossEntropyLabelSmooth(C, eps, True)``: ``eps / k`` to each of the ``k = C // 50`` largest
+            logits when ``k >= 2``, uniform otherwise). Irrelevant when ``label_smoothing == 0``.
 
     Returns:
         A scalar float32 tensor (mean over the batch).
+
+    Raises:
+        ValueError: unknown ``smoothing``.
     """
-    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+    if smoothing not in SMOOTHING:
+        raise ValueError(f"unknown label smoothing {smoothing!r}; choose one of {SMOOTHING} "
+                         "(config key method.hhcl.smoothing)")
+    logits = logits.float()
+    k = logits.shape[1] // TOPK_DIVISOR
+    if smoothing == "uniform" or label_smoothing == 0.0 or k < 2:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    log_probs = F.log_softmax(logits, dim=1)
+    top = torch.topk(logits.detach(), k, dim=1).indices  # (B, k); ties may pick other indices than argsort
+    nll_true = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
+    nll_top = -log_probs.gather(1, top).mean(dim=1)
+    return ((1.0 - label_smoothing) * nll_true + label_smoothing * nll_top).mean()
 
 
 def hard_instance_logits(similarities: Tensor, targets: Tensor, temperature: float) -> Tensor:

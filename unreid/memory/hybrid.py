@@ -6,11 +6,12 @@ Re-Identification", IC-NIDC 2021 (arXiv 2109.12333). Reproduced behaviour from b
 ``examples/train.py`` (memory initialisation). Summary in ``../shared/ANCHORS.md`` (HHCL section),
 user-facing description in docs/methods/hhcl.md.
 
-Notation: ``q = f / ||f||`` a batch feature (the public model is built with ``norm=True``, so its memory
-sees normalised features; ours returns raw BNNeck features and we normalise here), ``y`` its
+Notation: ``q = f / ||f||`` a batch feature (the public model is built with ``norm=True``, as ours: its
+train-mode output is normalised, then dropped out; we normalise again here), ``y`` its
 pseudo-label, ``C`` clusters, ``tau`` the temperature, ``mu`` the momentum, ``w`` the hard weight.
-``CE`` is the cross-entropy of :func:`unreid.losses.cluster_nce` (with optional label smoothing,
-HHCL ``--smooth``).
+``CE`` is the cross-entropy of :func:`unreid.losses.cluster_nce`, with optional label smoothing (HHCL
+``--smooth > 0``: ``eps = 0.1`` with HHCL's top-k rule, ``smoothing="topk"``, for every cross-entropy,
+the hard one included; rules in :mod:`unreid.losses.contrastive`).
 
 **CMhybrid** (``variant="cmhybrid"``; the variant behind the published numbers, HHCL issue #3). Hard rows
 ``h`` ``(C, d)`` and centroid rows ``c`` ``(C, d)`` (the public code stacks them as rows ``[0, C)`` and
@@ -59,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unreid.losses.contrastive import (
+    SMOOTHING,
     cluster_nce,
     cmhybrid_loss,
     cmhybrid_v2_loss,
@@ -134,6 +136,9 @@ class HybridMemory:
         legacy_weighting: CMhybrid only: the public code's literal loss (default) or the clean one.
         num_slots: ``P``, CMhybrid_v2 only (public code: ``--num-instances``, 16 in ``run.sh``).
         label_smoothing: ``eps`` for every cross-entropy (HHCL ``--smooth > 0`` means 0.1).
+        smoothing: ``"topk"`` (default; HHCL's ``CrossEntropyLabelSmooth(C, eps, True)``: ``eps`` spread over
+            the ``C // 50`` largest logits when ``C >= 100``, uniformly below) or ``"uniform"`` (``eps / C``
+            to every class at any ``C``); see :func:`unreid.losses.cluster_nce`.
         device: where the memory lives.
 
     Attributes:
@@ -147,7 +152,8 @@ class HybridMemory:
 
     def __init__(self, num_features: int, num_clusters: int, variant: str = "cmhybrid", temperature: float = 0.05,
                  momentum: float = 0.1, hard_weight: float = 0.5, legacy_weighting: bool = True,
-                 num_slots: int = 16, label_smoothing: float = 0.0, device: torch.device | str = "cpu") -> None:
+                 num_slots: int = 16, label_smoothing: float = 0.0, smoothing: str = "topk",
+                 device: torch.device | str = "cpu") -> None:
         if variant not in VARIANTS:
             raise ValueError(f"unknown HHCL memory variant {variant!r}; choose one of {VARIANTS} "
                              "(config key method.hhcl.variant)")
@@ -159,6 +165,9 @@ class HybridMemory:
                              f"{momentum}, {hard_weight}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if smoothing not in SMOOTHING:
+            raise ValueError(f"unknown label smoothing {smoothing!r}; choose one of {SMOOTHING} "
+                             "(config key method.hhcl.smoothing)")
         self.variant = variant
         self.temperature = float(temperature)
         self.momentum = float(momentum)
@@ -166,6 +175,7 @@ class HybridMemory:
         self.legacy_weighting = bool(legacy_weighting)
         self.num_slots = int(num_slots)
         self.label_smoothing = float(label_smoothing)
+        self.smoothing = smoothing
         self.device = torch.device(device)
         d, c = num_features, num_clusters
         self.centroids = torch.zeros(c, d, device=self.device)
@@ -218,16 +228,16 @@ class HybridMemory:
         """
         t = targets.to(self.device)
         feats = features.to(self.device)
-        ce_c = cluster_nce(memory_logits(feats, self.centroids, self.temperature), t, self.label_smoothing)
+        ce_c = cluster_nce(memory_logits(feats, self.centroids, self.temperature), t, self.label_smoothing, self.smoothing)
         if self.variant == "cmhybrid":
-            ce_h = cluster_nce(memory_logits(feats, self.hard, self.temperature), t, self.label_smoothing)
+            ce_h = cluster_nce(memory_logits(feats, self.hard, self.temperature), t, self.label_smoothing, self.smoothing)
             loss = cmhybrid_loss(ce_h, ce_c, self.hard_weight, self.legacy_weighting)
         else:
             with torch.autocast(device_type=feats.device.type, enabled=False):
                 q = F.normalize(feats.float(), dim=1)
                 sims = torch.einsum("bd,pcd->pbc", q, self.slots)  # (P, B, C)
                 z = hard_instance_logits(sims, t, self.temperature)
-            ce_h = cluster_nce(z, t, self.label_smoothing)
+            ce_h = cluster_nce(z, t, self.label_smoothing, self.smoothing)
             loss = cmhybrid_v2_loss(ce_c, ce_h, self.hard_weight)
         return {"loss": loss, "centroid_nce": ce_c.detach(), "hard_nce": ce_h.detach()}
 

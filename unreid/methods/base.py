@@ -116,7 +116,7 @@ class Method:
     Args:
         cfg: the run configuration.
         model: the re-ID network (``model(images, camids=None, modalities=None)``; in train mode
-            un-normalised features ``(B, d)``).
+            L2-normalised features ``(B, d)``, then dropout; ``unreid.models.reid.ReIDModel``).
         train_set: training samples with ``pid == -1`` (labels hidden).
         supervised_labels: ``(N,) int64`` true identities, given only in the supervised
             reference mode; ``None`` otherwise.

@@ -7,7 +7,7 @@ paper's P x C instance memory). docs/methods/hhcl.md says which reproduces what.
 
 Config: ``method.temperature`` (tau), ``method.momentum`` (mu), ``method.hhcl.variant``,
 ``method.hhcl.hard_weight`` (w), ``method.hhcl.legacy_weighting``, ``method.hhcl.num_slots`` (P, v2),
-``method.hhcl.label_smoothing``.
+``method.hhcl.label_smoothing`` (eps), ``method.hhcl.smoothing`` (``"topk"``, HHCL's rule, or ``"uniform"``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class HHCL(MemoryMethod):
         return HybridBank(lambda d, c: HybridMemory(
             d, c, variant=h.variant, temperature=m.temperature, momentum=m.momentum, hard_weight=h.hard_weight,
             legacy_weighting=h.legacy_weighting, num_slots=h.num_slots, label_smoothing=h.label_smoothing,
-            device=self.device), shape_key="centroids")
+            smoothing=h.smoothing, device=self.device), shape_key="centroids")
 
     def training_step(self, batch: dict[str, Tensor], epoch: int = 0) -> StepOutput:
         """The hybrid loss of the batch.

@@ -6,7 +6,8 @@ Every architecture is built from the ``model`` config and is called the same way
 
 ``images`` ``(B, 3, H, W)`` float, ``camids`` / ``modalities`` ``(B,) int64`` (camera-based BN reads
 the cameras of the call; a two-stream model picks its stem by modality). In train mode the output is
-the un-normalised feature ``(B, d)`` float32, in eval mode its L2-normalised form.
+the feature ``(B, d)`` float32 the method's losses take (``reid``: L2-normalised, then dropout, as
+Cluster Contrast's ``norm=True`` model), in eval mode the L2-normalised retrieval feature.
 
 Built in: ``"reid"`` (:class:`unreid.models.reid.ReIDModel`: backbone -> pooling -> BNNeck, Cluster
 Contrast's ``clustercontrast/models/resnet.py``). A new architecture is one decorated builder::

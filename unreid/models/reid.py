@@ -31,10 +31,15 @@ class ReIDModel(nn.Module):
 
     Output of :meth:`forward`:
 
-    * **train mode**: the BNNeck output, **not** normalised, float32 (Cluster Contrast feeds it to its
-      memory, which normalises). With an embedding, CC applies a ReLU to it in training only
-      (``elif self.has_embedding: bn_x = F.relu(bn_x)``); reproduced. Then dropout (``cfg.dropout``).
-    * **eval mode**: the BNNeck output L2-normalised along dim 1 (cosine retrieval), float32.
+    * **train mode**: the BNNeck output L2-normalised along dim 1, **then** dropout (``cfg.dropout``;
+      inverted dropout, so the surviving entries are scaled by ``1 / (1 - p)`` and the norm is no longer 1),
+      float32. This is CC's ``ResNet.forward`` as its training scripts build it (``models.create(...,
+      norm=True, ...)`` in ``examples/cluster_contrast_train_usl.py`` ``create_model``; HHCL's
+      ``examples/train.py`` likewise): ``if self.norm: bn_x = F.normalize(bn_x)``, then ``self.drop``.
+      The ReLU of that function (``elif self.has_embedding: bn_x = F.relu(bn_x)``) sits in the branch
+      ``norm=False``, which those scripts never take: no ReLU, with or without an embedding.
+    * **eval mode**: the BNNeck output L2-normalised along dim 1 (cosine retrieval), float32; no dropout
+      (CC returns ``F.normalize(bn_x)`` before reaching its dropout).
 
     Args:
         backbone: a module with ``out_channels`` returning ``(B, out_channels, H', W')``.
@@ -90,8 +95,8 @@ class ReIDModel(nn.Module):
             return_map: also return the backbone feature map (for part / stripe features).
 
         Returns:
-            ``f``: ``(B, feature_dim)`` float32 - un-normalised in train mode, unit L2 norm in eval mode
-            (see class docstring); with ``return_map``, ``(f, fmap)`` where ``fmap`` is ``(B, C, H', W')``.
+            ``f``: ``(B, feature_dim)`` float32, L2-normalised along dim 1 (train mode: then dropout, see
+            class docstring); with ``return_map``, ``(f, fmap)`` where ``fmap`` is ``(B, C, H', W')``.
 
         Raises:
             ValueError: ``camids`` does not have one entry per image (camera BN only).
@@ -114,13 +119,9 @@ class ReIDModel(nn.Module):
 
     def _forward(self, x: Tensor, return_map: bool) -> Tensor | tuple[Tensor, Tensor]:
         fmap = self.backbone(x)
-        f = self.neck(self.embedding(self.pool(fmap))).float()
+        f = F.normalize(self.neck(self.embedding(self.pool(fmap))).float(), dim=1)
         if self.training:
-            if self.has_embedding:
-                f = F.relu(f)
             f = self.dropout(f)
-        else:
-            f = F.normalize(f, dim=1)
         return (f, fmap) if return_map else f
 
 
