@@ -62,9 +62,9 @@ def _two_epoch_run(root, out, seen: dict | None = None, **extra) -> tuple[Traine
             seen["extracted"].append(features.clone())
             return label(epoch, features)
 
-        def spy_step(batch):
+        def spy_step(batch, epoch=0):
             seen["batches"].append(batch["index"].clone())
-            return step(batch)
+            return step(batch, epoch)
 
         method.pseudo_label, method.training_step = spy_label, spy_step
     trainer.train()

@@ -291,10 +291,10 @@ def test_memory_smooths_every_cross_entropy_with_hhcls_topk_by_default(variant):
 def test_method_passes_the_configured_smoothing():
     method = _method("cmhybrid")
     assert method.cfg.method.hhcl.smoothing == "topk"
-    assert method._new_memory(D, 3).smoothing == "topk"
+    assert method.new_memory("hybrid").factory(D, 3).smoothing == "topk"
     method.cfg.method.hhcl.smoothing = "uniform"
     method.cfg.method.hhcl.label_smoothing = 0.1
-    mem = method._new_memory(D, 3)
+    mem = method.new_memory("hybrid").factory(D, 3)
     assert (mem.smoothing, mem.label_smoothing) == ("uniform", 0.1)
 
 

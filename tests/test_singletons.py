@@ -32,7 +32,7 @@ def test_singleton_run_trains_on_every_sample_and_reports_the_clustering(synthet
     trainer = Trainer(load_config(None, tiny_overrides(synthetic_root, full, **extra)))
     batches: list[torch.Tensor] = []
     step = trainer.method.training_step
-    trainer.method.training_step = lambda batch: (batches.append(batch["index"].clone()), step(batch))[1]
+    trainer.method.training_step = lambda batch, epoch=0: (batches.append(batch["index"].clone()), step(batch, epoch))[1]
     trainer.train()
     labels = trainer.method.labels
     assert labels.num_outliers == 0 and labels.num_singletons > 0

@@ -286,6 +286,13 @@ class Method:
             return CameraProxyBank(self.cfg.method.camera, device=self.device)
         raise KeyError(f"{type(self).__name__} has no memory named {name!r}")
 
+    @property
+    def proxy_memory(self) -> Any:
+        """The camera-aware proxies (:class:`~unreid.memory.proxy.CameraProxyMemory`) of this epoch, or ``None``
+        (``method.camera.proxies`` off, or before the first labelling)."""
+        bank = self.memories.get("camera_proxies")
+        return None if bank is None else bank.proxies
+
     def memory_context(self, epoch: int) -> MemoryContext:
         return MemoryContext(epoch=epoch, seed=int(self.cfg.seed), camids=self.camids, modalities=self.modalities,
                              device=self.device)
