@@ -132,6 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from unreid.engine import evaluate_model
+    from unreid.engine.hooks import METRIC_KEYS
     from unreid.engine.trainer import load_data
 
     cfg = _load(args)
@@ -149,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(res))
     else:
         print(f"{data.name} ({cfg.eval.protocol} protocol{', re-ranked' if cfg.eval.rerank else ''}): "
-              + "  ".join(f"{k} {res[k]:.2f}" for k in ("mAP", "rank1", "rank5", "rank10", "mINP") if k in res))
+              + "  ".join(f"{k} {res[k]:.2f}" for k in METRIC_KEYS if k in res))
     return 0
 
 

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unreid")
 
+#: the retrieval metrics of an evaluation, in the order they are logged (percentages)
+METRIC_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+
 
 class Hook:
     """Override any of these to act around the loop (fast-reid ``HookBase`` style).
@@ -110,7 +113,7 @@ class EvaluationHook(Hook):
             best = trainer.state.best_test
             if score is not None and (not best or score > best["mAP"]):
                 trainer.state.best_test = {"epoch": epoch, **{k: v for k, v in record["test"].items()
-                                                              if k in ("mAP", "rank1", "rank5", "rank10", "mINP")}}
+                                                              if k in METRIC_KEYS}}
             if trainer.state.best_test:
                 record["test_selected"] = dict(trainer.state.best_test)
                 log.info("epoch %d [%s] best test so far (test-selected, as papers report; never used for "
@@ -133,5 +136,5 @@ class CheckpointHook(Hook):
 
 def fmt_metrics(m: dict[str, float]) -> str:
     """``"mAP 12.3 rank1 45.6 ..."`` for a log line."""
-    keys = [k for k in ("mAP", "rank1", "rank5", "rank10", "mINP") if k in m]
+    keys = [k for k in METRIC_KEYS if k in m]
     return " ".join(f"{k} {m[k]:.1f}" for k in keys)

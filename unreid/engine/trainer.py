@@ -188,13 +188,15 @@ class Trainer:
 
         size = (cfg.data.height, cfg.data.width)
         all_samples = train + self.val_query + self.val_gallery + list(self.data.query) + list(self.data.gallery)
+        #: every image the run reads (training, validation, query, gallery): the unreadable-image count
+        self._all_paths = [s.path for s in all_samples]
         use_cache = cfg.data.cache_images
         if use_cache is None:
             use_cache = should_cache(len(all_samples), size, cfg.data.cache_max_mb)
         self.cache = None
         if use_cache:
             t0 = time.time()
-            self.cache = ImageCache([s.path for s in all_samples], size)
+            self.cache = ImageCache(self._all_paths, size)
             log.info("decoded %d images into memory in %.1fs (%d unreadable)", len(all_samples),
                      time.time() - t0, getattr(self.cache, "num_failed", 0))
 
@@ -280,9 +282,7 @@ class Trainer:
         feats = self.method.extract(self.train_samples, lambda model, samples: self.extract(samples, model))
         t_extract = time.time() - t0
         try:
-            labels = self.method.make_labels(epoch, feats)
-            self.method.set_labels(labels)
-            self.method.build_memories(epoch, feats, labels)
+            labels = self.method.refresh(epoch, feats)
         except NoClustersError as err:
             keep = self.cfg.pseudo_labels.on_no_clusters == "keep"
             if keep and self.method.labels is not None:
@@ -453,12 +453,9 @@ class Trainer:
 
     def is_best(self, record: dict[str, Any]) -> bool:
         """Whether this epoch's model becomes ``model_best.pth`` (``eval.select``: the last epoch, or the best
-        validation mAP); never chosen on test results."""
-        return self._is_best(record, self.is_last_epoch)
-
-    def _is_best(self, record: dict[str, Any], last: bool) -> bool:
+        validation mAP); never chosen on test results. Updates the best score and epoch."""
         if self.cfg.eval.select == "last":
-            ok = last
+            ok = self.is_last_epoch
         else:
             score = record.get("val", {}).get("mAP")
             ok = score is not None and score > self.state.best_score
@@ -474,8 +471,7 @@ class Trainer:
         self.run.append(ordered_record(record))
 
     def _count_unreadable(self) -> int:
-        samples = self.train_samples + self.val_query + self.val_gallery + list(self.data.query) + list(self.data.gallery)
-        return count_unreadable(s.path for s in samples)
+        return count_unreadable(self._all_paths)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, is_best: bool = False, record: dict[str, Any] | None = None) -> Path:
@@ -598,18 +594,21 @@ def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample],
 
 
 def load_model_from_checkpoint(path: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:
-    """Build the model a checkpoint was trained with and load its weights (``weights_only=True``).
+    """Build the model a checkpoint was trained with and load its weights (``weights_only=True``), through
+    :func:`unreid.engine.checkpoint.load_trained_model` (its warnings are logged).
 
     Returns ``(model, config)``; ``cfg`` overrides the saved config when given.
-    """
-    from unreid.models import build_model
 
-    ckpt = load_checkpoint(path)
+    Raises:
+        FileNotFoundError, unreid.engine.checkpoint.CheckpointError: see ``load_trained_model``.
+    """
+    from unreid.engine.checkpoint import load_trained_model
+
     if cfg is None:
-        cfg = from_dict(ckpt["config"])
-    # The checkpoint supplies every weight: skip ImageNet / model.weights loading (offline-safe).
-    model = build_model(cfg.model, init_weights=False)
-    model.load_state_dict(ckpt["model"])
+        cfg = from_dict(load_checkpoint(path)["config"])
+    model, warnings = load_trained_model(path, cfg)
+    for w in warnings:
+        log.warning("%s", w)
     return model, cfg
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import Sampler
 from unreid.config import Config
 from unreid.data.datasets.base import Sample
 from unreid.engine.optim import OptimizerSpec
-from unreid.memory.base import LabelMemory, Memory, MemoryContext
+from unreid.memory.base import LabelMemory, Memory, MemoryContext, require_built
 from unreid.pseudo_labels.base import PseudoLabels
 
 if TYPE_CHECKING:
@@ -426,9 +426,7 @@ class MemoryMethod(Method):
 
     def require_memory(self, where: str) -> Any:
         """The memory; ``RuntimeError`` naming ``where`` when no epoch has built it yet."""
-        if self.memory is None:
-            raise RuntimeError(f"{type(self).__name__}.{where} before refresh()/build_memories(): no memory yet")
-        return self.memory
+        return require_built(self.memory, type(self).__name__, where)
 
     def build_memory(self, features: Tensor, labels: PseudoLabels, epoch: int = 0) -> None:
         """Build the method's own memory alone from ``features`` ``(N, d) float32`` and ``labels``."""
