@@ -158,6 +158,29 @@ class HHCLConfig:
 
 
 @dataclass
+class TCLConfig:
+    """TCL / TCRL (Shen et al., arXiv 2301.09498; no code released, ANCHORS.md "TCL"). Every value below is
+    our choice where the paper is silent; docs/methods/tcl.md gives the reason for each."""
+
+    #: part features: "mask" = the encoder's features of masked copies of each image (random black square
+    #: patches; the authors' README and framework figure), "stripes" = horizontal stripes of the last map
+    part: str = "mask"
+    num_views: int = 1  #: masked copies per image (part="mask"); each has its own part-memory rows
+    mask_ratio: float = 0.3  #: share of the square patches blacked out in a masked copy, in (0, 1)
+    patch_size: int = 16  #: side of a square patch in input pixels (16 = a ViT / MAE patch)
+    num_stripes: int = 2  #: horizontal stripes of the feature map (part="stripes")
+    instance_temperature: float = 0.05  #: tau of the instance-level losses (HCL, PCL cluster<->global)
+    instance_momentum: float = 0.2  #: momentum of the part and global instance memories (SpCL's 0.2)
+    cluster_update: str = "batch_mean"  #: cluster memory update: "batch_mean" (the figure's mean) | "per_sample"
+    hcl_form: str = "cluster"  #: HCL positive: "cluster" (centroid, arXiv v1) | "instance" (all positives, v2)
+    wrccl_weighting: str = "knn"  #: "knn" (share of the k nearest instances with the same label) | "none"
+    wrccl_k: int = 10  #: k of the WRCCL reliability weight
+    pcl_weight: float = 1.0  #: weight of L_PCL (part<->cluster + cluster<->global)
+    hcl_weight: float = 1.0  #: weight of L_HCL (part and global)
+    wrccl_weight: float = 1.0  #: weight of L_WRCCL
+
+
+@dataclass
 class CameraConfig:
     """Camera-aware learning (docs/methods/camera_aware.md). Camera ids are free metadata and may be
     used here; identities never are. Everything is off by default (the published recipes)."""
@@ -194,12 +217,13 @@ class CameraConfig:
 class MethodConfig:
     """Which method and its memory / loss hyper-parameters."""
 
-    name: str = "cluster_contrast"  #: cluster_contrast | hhcl (| tcl | mbccm | gcl)
+    name: str = "cluster_contrast"  #: cluster_contrast | hhcl | tcl (| mbccm | gcl)
     supervised: bool = False  #: train on TRUE identities (upper-bound reference); never the default
     temperature: float = 0.05  #: CC tau = 0.05
     momentum: float = 0.1  #: CC README momentum 0.1 (argparse default 0.2)
     memory_update: str = "per_sample"  #: "per_sample" (CC, in batch order) | "batch_mean"
     hhcl: HHCLConfig = field(default_factory=HHCLConfig)
+    tcl: TCLConfig = field(default_factory=TCLConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
 
 
@@ -302,6 +326,10 @@ _CHOICES = {
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.hhcl.smoothing": {"topk", "uniform"},  # unreid.losses.contrastive.SMOOTHING
+    "method.tcl.part": {"mask", "stripes"},
+    "method.tcl.cluster_update": {"per_sample", "batch_mean"},
+    "method.tcl.hcl_form": {"cluster", "instance"},
+    "method.tcl.wrccl_weighting": {"knn", "none"},
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},
     "optim.optimizer": {"adam", "sgd"},
     "eval.protocol": {"market", "veri", "regdb", "sysu"},
@@ -366,6 +394,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"method.hhcl.hard_weight must be in [0, 1], got {m.hhcl.hard_weight}")
     if not 0.0 <= m.hhcl.label_smoothing < 1.0:
         raise ConfigError(f"method.hhcl.label_smoothing must be in [0, 1), got {m.hhcl.label_smoothing}")
+    t = m.tcl
+    if t.num_views < 1 or t.patch_size < 1 or t.num_stripes < 1 or t.wrccl_k < 1:
+        raise ConfigError(f"method.tcl: need num_views, patch_size, num_stripes, wrccl_k >= 1 (got {t.num_views}, "
+                          f"{t.patch_size}, {t.num_stripes}, {t.wrccl_k})")
+    if not 0.0 < t.mask_ratio < 1.0:
+        raise ConfigError(f"method.tcl.mask_ratio must be in (0, 1), got {t.mask_ratio}")
+    if t.instance_temperature <= 0 or not 0.0 <= t.instance_momentum < 1.0:
+        raise ConfigError(f"method.tcl: need instance_temperature > 0 and instance_momentum in [0, 1), got "
+                          f"{t.instance_temperature}, {t.instance_momentum}")
+    if min(t.pcl_weight, t.hcl_weight, t.wrccl_weight) < 0:
+        raise ConfigError(f"method.tcl loss weights must be >= 0, got pcl_weight={t.pcl_weight}, hcl_weight="
+                          f"{t.hcl_weight}, wrccl_weight={t.wrccl_weight}")
     c = m.camera
     if min(c.intra_weight, c.inter_weight, c.online_weight, c.method_loss_weight) < 0:
         raise ConfigError(

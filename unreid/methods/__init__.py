@@ -3,5 +3,6 @@
 from unreid.methods.base import METHODS, Method, StepOutput, build_method, register_method
 from unreid.methods.cluster_contrast import ClusterContrast
 from unreid.methods.hhcl import HHCL
+from unreid.methods.tcl import TCL
 
-__all__ = ["METHODS", "ClusterContrast", "HHCL", "Method", "StepOutput", "build_method", "register_method"]
+__all__ = ["METHODS", "ClusterContrast", "HHCL", "Method", "StepOutput", "TCL", "build_method", "register_method"]
