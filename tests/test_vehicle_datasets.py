@@ -321,3 +321,15 @@ def test_compare_published_matches_when_counts_agree():
     assert diffs == [] and table.count("ok") == 2
     _, diffs = compare_published(data, {"small": (2, 4)})
     assert diffs == ["small: 3 images loaded, 4 published (-1)"]
+
+
+def test_vehicle_configs_use_their_protocols_and_the_veri_recipe():
+    from unreid.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "cluster_contrast"
+    for name, protocol, options in (("vehicleid", "vehicleid", {"test_sizes": "800,1600,2400", "draws": 10}),
+                                    ("veriwild", "market", {"test_sizes": "3000"})):
+        c = load_config(root / f"{name}.yaml")
+        assert (c.data.name, c.eval.protocol, dict(c.data.options)) == (name, protocol, options)
+        assert (c.data.height, c.data.width, c.optim.iters, c.pseudo_labels.eps, c.optim.amp) == (
+            224, 224, 400, 0.6, False)
