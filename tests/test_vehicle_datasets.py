@@ -366,3 +366,21 @@ def test_unreid_eval_prints_a_table_per_group(tmp_path, capsys):
     assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), "--json", *over]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["mAP"] == res["test_800/mAP"] and res["test_1600/trials"] == 2
+
+
+def test_veriwild_query_own_image_is_not_a_match(tmp_path):
+    """The gallery lists the queries too; the data set's protocol (Market filter, as fast-reid) must drop each
+    query's own image. Hand case, features at angles (degrees) per image:
+    501: 0, 601: 20, 502: 25, 602: 30, 503: 60 (ids 50 / 60; cameras 501 c0, 502 c1, 503 c2, 601 c1, 602 c0).
+    q501 -> [501 removed] 601 x, 502 ok, 602 x, 503 ok: AP (1/2 + 2/4) / 2 = 0.5, INP 2/4.
+    q601 -> [601 removed] 502 x, 602 ok, ...: AP 1/2, INP 1/2. So mAP 50, rank1 0, rank5 100, mINP 50."""
+    from unreid.evaluation.trials import evaluate_trials
+
+    d = build_dataset("veriwild", str(_veriwild(tmp_path)))
+    angle = {"000501": 0, "000601": 20, "000502": 25, "000602": 30, "000503": 60}
+    samples, rows = union_samples(d.trials)
+    feats = torch.tensor([_unit(angle[Path(s.path).stem]) for s in samples])
+    res = evaluate_trials(feats, rows, d.trials, PROTOCOLS[d.info["protocol"]])
+    assert (res["small/mAP"], res["small/rank1"], res["small/rank5"], res["small/mINP"]) == (
+        pytest.approx(50.0), 0.0, 100.0, pytest.approx(50.0))
+    assert res["mAP"] == res["small/mAP"] and res["small/trials"] == 1 and res["small/mAP_std"] == 0.0

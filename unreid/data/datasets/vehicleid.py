@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unreid.data.datasets._util import relabel, require, resolve_root
+from unreid.data.datasets._util import parse_test_sizes, relabel, require, resolve_root
 from unreid.data.datasets.base import ReIDData, Sample, Trial
 
 #: the test lists the data set ships (number of test identities)
@@ -45,31 +45,6 @@ VEHICLEID_LAYOUT = """\
 options: test_sizes (default "800,1600,2400": comma string or list; one evaluation group each),
          draws (default 10: gallery draws per size, seeds 0..draws-1)
 """
-
-
-def parse_test_sizes(value: int | str | Sequence[int | str], choices: Sequence[int], dataset: str,
-                     names: dict[str, int] | None = None) -> list[int]:
-    """Test sizes from ``value``: an int, a comma string (``"800,1600"``) or a list; names of ``names``
-    (e.g. ``"small" -> 3000``) are accepted too. Order kept.
-
-    Raises:
-        ValueError: an empty value, a size not in ``choices``, or a size given twice.
-    """
-    names = names or {}
-    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, int) else list(value))
-    out = []
-    for item in items:
-        text = str(item).strip().lower()
-        size = names.get(text, int(text) if text.isdigit() else None)
-        if size not in choices:
-            known = ", ".join([*map(str, choices), *names])
-            raise ValueError(f"{dataset}: data.options.test_sizes: {item!r} is not a test size; choose from {known}")
-        if size in out:
-            raise ValueError(f"{dataset}: data.options.test_sizes names {size} twice")
-        out.append(size)
-    if not out:
-        raise ValueError(f"{dataset}: data.options.test_sizes is empty; give e.g. \"{choices[0]}\"")
-    return out
 
 
 def read_list(path: Path, image_dir: Path) -> list[Sample]:

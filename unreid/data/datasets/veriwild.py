@@ -25,9 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from unreid.data.datasets._util import relabel, require, resolve_root
+from unreid.data.datasets._util import parse_test_sizes, relabel, require, resolve_root
 from unreid.data.datasets.base import ReIDData, Sample, Trial
-from unreid.data.datasets.vehicleid import parse_test_sizes
 
 #: test set name -> number of test identities (``test_<N>.txt``)
 TEST_SETS = {"small": 3000, "medium": 5000, "large": 10000}
