@@ -82,8 +82,8 @@ def test_registry_errors_and_descriptions(tmp_path):
         build_dataset("market1501", str(tmp_path), variant="labeled")
     with pytest.raises(ValueError, match=r"accepted: \['trial', 'mode'\]"):
         build_dataset("regdb", str(tmp_path), trail=2)
-    assert set(DATASETS) == {"market1501", "dukemtmc", "msmt17", "cuhk03", "veri776", "regdb", "folder",
-                             "synthetic"}
+    assert set(DATASETS) == {"market1501", "dukemtmc", "msmt17", "cuhk03", "veri776", "vehicleid", "veriwild",
+                             "regdb", "folder", "synthetic"}
     for name, info in DATASETS.items():
         assert info.name == name and info.description and len(info.layout.strip().splitlines()) >= 2
 

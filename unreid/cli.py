@@ -6,6 +6,7 @@ Every command takes a YAML config (see ``configs/``) and dotted ``key=value`` ov
     unreid eval  configs/cluster_contrast/market1501.yaml --checkpoint outputs/cc-market/model_best.pth
     unreid extract configs/cluster_contrast/market1501.yaml --checkpoint ckpt.pth --split query --out q.npz
     unreid datasets
+    unreid datasets --check vehicleid /data/VehicleID_V1.0 test_sizes=800 draws=1
     unreid demo
 """
 
@@ -57,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with model.camera_bn, each camera's BN statistics come from this split's images")
     p.add_argument("--out", required=True, help="output .npz (features, paths, pids, camids); never overwritten")
 
-    sub.add_parser("datasets", help="list the known datasets and their expected folder layouts")
+    p = sub.add_parser("datasets", help="list the known datasets and their expected folder layouts, or check "
+                                        "a copy against the published counts (--check)")
+    p.add_argument("--check", nargs=2, metavar=("NAME", "ROOT"),
+                   help="load data set NAME from ROOT and compare its counts with the published ones "
+                        "(exit status 1 when they differ)")
+    p.add_argument("options", nargs="*", metavar="key=value", help="data set options for --check, e.g. draws=1")
 
     p = sub.add_parser("demo", help=DEMO_HELP, description=DEMO_HELP)
     p.add_argument("--output", default="unreid-demo", help="output folder (a fresh one is chosen if it exists)")
@@ -145,12 +151,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not data.query or not data.gallery:
         print(f"error: dataset {cfg.data.name!r} has no query/gallery to evaluate on", file=sys.stderr)
         return 2
-    res = evaluate_model(model, data.query, data.gallery, cfg, device)
+    res = evaluate_model(model, data.query, data.gallery, cfg, device, trials=data.trials)
     if args.json:
         print(json.dumps(res))
     else:
+        from unreid.evaluation.trials import format_groups
+
         print(f"{data.name} ({cfg.eval.protocol} protocol{', re-ranked' if cfg.eval.rerank else ''}): "
               + "  ".join(f"{k} {res[k]:.2f}" for k in METRIC_KEYS if k in res))
+        table = format_groups(res)
+        if table:  # multi-trial protocols: mean ± population std per group; the line above = first group
+            print(f"per group, mean ± std (ddof=0) over trials; the line above is the first group:\n{table}")
     return 0
 
 
@@ -181,9 +192,48 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_datasets(args: argparse.Namespace) -> int:
-    from unreid.data.datasets import DATASETS
+def _option_value(text: str):
+    """A ``key=value`` option value as YAML reads it (``3`` -> 3, ``true`` -> True, ``800,1600`` stays text)."""
+    import yaml
 
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from unreid.config import ConfigError
+    from unreid.data.datasets import DATASETS, build_dataset, compare_published
+
+    if args.check:
+        name, root = args.check
+        options = {}
+        for item in args.options:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"datasets --check: expected key=value options, got {item!r}")
+            options[key] = _option_value(value)
+        if name not in DATASETS:
+            raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        info = DATASETS[name]
+        try:
+            data = build_dataset(name, root, **options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        print(data.summary())
+        if not info.published:
+            print(f"{name}: no published counts recorded; nothing to compare")
+            return 0
+        table, diffs = compare_published(data, info.published)
+        print(f"\nloaded vs published counts ({info.published_source}):\n{table}")
+        if diffs:
+            print(f"\n{len(diffs)} difference(s) from the published counts:\n" + "\n".join(f"  {d}" for d in diffs))
+            return 1
+        print("\nevery loaded part matches the published counts")
+        return 0
+    if args.options:
+        raise ConfigError(f"datasets: options {args.options} are only used with --check NAME ROOT")
     for name, info in DATASETS.items():
         print(f"{name}: {info.description}")
         for line in info.layout.strip("\n").splitlines():

@@ -277,7 +277,9 @@ class EvalConfig:
     """Evaluation protocol and schedule."""
 
     every: int = 10  #: evaluate every N epochs (CC: eval-step 10) and after the last epoch
-    protocol: str = "market"  #: "market" (torchreid eval_market1501 semantics)
+    #: "market" (torchreid eval_market1501 semantics), "veri", "regdb", "sysu", "vehicleid"
+    #: (unreid.evaluation.protocols.PROTOCOLS)
+    protocol: str = "market"
     rerank: bool = False  #: k-reciprocal re-ranking of the query-gallery distance
     batch_size: int = 256
     #: which checkpoint is "best": "last" (the last epoch; never chosen on test results) | "val"
@@ -332,7 +334,7 @@ _CHOICES = {
     "method.tcl.wrccl_weighting": {"knn", "none"},
     "method.camera.neighbourhood": {"none", "standardize", "ca_jaccard"},
     "optim.optimizer": {"adam", "sgd"},
-    "eval.protocol": {"market", "veri", "regdb", "sysu"},
+    "eval.protocol": {"market", "veri", "regdb", "sysu", "vehicleid"},
     "eval.select": {"last", "val"},
 }
 

@@ -98,14 +98,15 @@ class EvaluationHook(Hook):
         if trainer.state.epoch == 0 and trainer.cfg.eval.every > 0:
             before = trainer.evaluate()
             if before:
-                log.info("before training [%s]: %s", trainer.mode, fmt_metrics(before))
+                log.info("before training [%s]: %s%s", trainer.mode, fmt_metrics(before), fmt_groups(before))
                 trainer.append_metrics({"epoch": -1, "mode": trainer.mode, "test": before})
 
     def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
         cfg, epoch = trainer.cfg, trainer.epoch
         if (epoch + 1) % cfg.eval.every == 0 or trainer.is_last_epoch:
             record["test"] = trainer.evaluate()
-            log.info("epoch %d [%s] test: %s", epoch, trainer.mode, fmt_metrics(record["test"]))
+            log.info("epoch %d [%s] test: %s%s", epoch, trainer.mode, fmt_metrics(record["test"]),
+                     fmt_groups(record["test"]))
             if cfg.eval.select == "val":
                 record["val"] = trainer.evaluate(trainer.val_query, trainer.val_gallery)
                 log.info("epoch %d [%s] validation: %s", epoch, trainer.mode, fmt_metrics(record["val"]))
@@ -138,3 +139,12 @@ def fmt_metrics(m: dict[str, float]) -> str:
     """``"mAP 12.3 rank1 45.6 ..."`` for a log line."""
     keys = [k for k in METRIC_KEYS if k in m]
     return " ".join(f"{k} {m[k]:.1f}" for k in keys)
+
+
+def fmt_groups(m: dict[str, float]) -> str:
+    """The per-group table (mean ± std over trials, :func:`unreid.evaluation.trials.format_groups`) of a
+    multi-trial evaluation, on new lines; ``""`` for a single-split evaluation."""
+    from unreid.evaluation.trials import format_groups
+
+    table = format_groups(m)
+    return "\n" + table if table else ""

@@ -32,6 +32,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from unreid.config import Config, from_dict, to_dict
-from unreid.data.datasets.base import ReIDData, Sample
+from unreid.data.datasets.base import ReIDData, Sample, Trial
 from unreid.engine.checkpoint import load_checkpoint, rng_state, set_rng_state, to_tensors
 from unreid.engine.hooks import CheckpointHook, EvaluationHook, Hook, LabelHook, LRSchedulerHook
 from unreid.engine.optim import Optimizers
@@ -188,6 +189,11 @@ class Trainer:
 
         size = (cfg.data.height, cfg.data.width)
         all_samples = train + self.val_query + self.val_gallery + list(self.data.query) + list(self.data.gallery)
+        if self.data.trials:  # multi-trial protocols: every trial's images, once each
+            from unreid.evaluation.trials import union_samples
+
+            seen = {s.path for s in all_samples}
+            all_samples += [s for s in union_samples(self.data.trials)[0] if s.path not in seen]
         #: every image the run reads (training, validation, query, gallery): the unreadable-image count
         self._all_paths = [s.path for s in all_samples]
         use_cache = cfg.data.cache_images
@@ -376,16 +382,19 @@ class Trainer:
     def evaluate(self, query: list[Sample] | None = None, gallery: list[Sample] | None = None) -> dict[str, float]:
         """Query/gallery evaluation with ``cfg.eval.protocol`` (percentages: mAP, mINP, rank1/5/10).
 
-        Draws nothing from the run's random streams (:func:`unreid.rng.preserved_rng`), so a run trains
-        the same model whatever ``eval.every`` is.
+        Without arguments, a data set with :attr:`~unreid.data.datasets.base.ReIDData.trials` is evaluated
+        on all of them (one extraction; the headline keys are the first group's means, plus per-group keys:
+        :mod:`unreid.evaluation.trials`). Draws nothing from the run's random streams
+        (:func:`unreid.rng.preserved_rng`), so a run trains the same model whatever ``eval.every`` is.
         """
         from unreid.rng import preserved_rng
 
+        trials = self.data.trials if query is None and gallery is None else None
         query = list(self.data.query) if query is None else query
         gallery = list(self.data.gallery) if gallery is None else gallery
         with preserved_rng(self.device):
             return evaluate_model(self.model, query, gallery, self.cfg, self.device, cache=self.cache,
-                                  amp=self.use_amp)
+                                  amp=self.use_amp, trials=trials)
 
     # ------------------------------------------------------------------ loop
     def call_hooks(self, event: str, *args: Any) -> None:
@@ -571,14 +580,32 @@ def extract(model: nn.Module, samples: list[Sample], cfg: Config, device: torch.
 
 
 def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample], cfg: Config,
-                   device: torch.device, cache: Any = None, amp: bool = False) -> dict[str, float]:
+                   device: torch.device, cache: Any = None, amp: bool = False,
+                   trials: Sequence[Trial] | None = None) -> dict[str, float]:
     """Evaluate ``model`` with ``cfg.eval.protocol`` (and ``cfg.eval.rerank``).
 
     Returns percentages ``mAP, mINP, rank1, rank5, rank10`` plus ``num_valid_queries`` and
     ``time_s``; an empty dict when ``query`` or ``gallery`` is empty.
+
+    With ``trials`` (a data set's :attr:`~unreid.data.datasets.base.ReIDData.trials`, not empty),
+    ``query`` / ``gallery`` are not used: the images of all trials are embedded in ONE pass
+    (:func:`unreid.evaluation.trials.union_samples`, de-duplicated by path; with camera BN each camera's
+    statistics come from its images in that union), each trial is evaluated on its rows and the result
+    holds the per-group means and population stds (``"<group>/mAP"``, ``"<group>/mAP_std"``,
+    ``"<group>/trials"``, ...) with the flat keys = the first group's means
+    (:func:`unreid.evaluation.trials.evaluate_trials`), plus ``time_s``.
     """
     from unreid.evaluation.protocols import PROTOCOLS
 
+    if trials:
+        from unreid.evaluation.trials import evaluate_trials, union_samples
+
+        t0 = time.time()
+        samples, rows = union_samples(trials)
+        feats = extract(model, samples, cfg, device, cache, amp)
+        res = evaluate_trials(feats, rows, trials, PROTOCOLS[cfg.eval.protocol], rerank=cfg.eval.rerank)
+        res["time_s"] = round(time.time() - t0, 2)
+        return res
     if not query or not gallery:
         return {}
     t0 = time.time()

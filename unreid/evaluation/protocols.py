@@ -17,6 +17,10 @@ Protocols (ANCHORS.md "Evaluation protocols"; semantics in :mod:`unreid.evaluati
 * ``market``: torchreid ``eval_market1501`` (same pid and same camid removed); Market-1501, DukeMTMC,
   MSMT17, CUHK03 (new protocol). ``veri``: VeRi-776 uses the same protocol (an alias).
 * ``regdb``: AGW ``eval_regdb``, no camera filter (visible -> thermal as the dataset gives them).
+* ``vehicleid``: VehicleID (Liu et al., CVPR 2016): no camera filter (the data set has no camera labels;
+  query and gallery are disjoint draws of the test list, :mod:`unreid.data.datasets.vehicleid`). The same
+  computation as ``regdb``, named for what it evaluates. fast-reid reaches the same result by giving every
+  image its own camid (``fastreid/data/datasets/vehicleid.py``), so that its Market filter removes nothing.
 * ``sysu``: SYSU-MM01 (AGW ``eval_sysu``): camera-3 queries ignore camera-2 gallery images; CMC over
   gallery identities de-duplicated in rank order; the gallery sampling (single-shot trials) is the
   dataset's job.
@@ -96,6 +100,18 @@ def regdb(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: 
     return _evaluate(qf, gf, query, gallery, "none", False, rerank)
 
 
+def vehicleid(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
+              rerank: bool = False, **kw) -> dict:
+    """VehicleID protocol: CMC, mAP and mINP with no camera filter (every gallery image of the query's id
+    is a match; the query is never in the gallery: one draw puts one image per test id in the gallery and
+    the others in the query set, :mod:`unreid.data.datasets.vehicleid`).
+
+    See the module docstring for arguments, distance, result and errors.
+    """
+    qf, gf = _check(qf, gf, query, gallery, kw, "vehicleid")
+    return _evaluate(qf, gf, query, gallery, "none", False, rerank)
+
+
 def sysu(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
          rerank: bool = False, **kw) -> dict:
     """SYSU-MM01 protocol (AGW ``eval_sysu``; official ``get_cmc_multi_cam.m``).
@@ -109,6 +125,7 @@ def sysu(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: S
 
 
 #: protocol name (``cfg.eval.protocol``) -> function
-PROTOCOLS: dict[str, Callable[..., dict]] = {"market": market, "veri": market, "regdb": regdb, "sysu": sysu}
+PROTOCOLS: dict[str, Callable[..., dict]] = {"market": market, "veri": market, "regdb": regdb, "sysu": sysu,
+                                             "vehicleid": vehicleid}
 
-__all__ = ["PROTOCOLS", "market", "regdb", "sysu"]
+__all__ = ["PROTOCOLS", "market", "regdb", "sysu", "vehicleid"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unreid.data.datasets._util import check_options
-from unreid.data.datasets.base import INFRARED, VISIBLE, ReIDData, Sample
+from unreid.data.datasets.base import INFRARED, VISIBLE, ReIDData, Sample, Trial
 from unreid.data.datasets.cuhk03 import CUHK03_LAYOUT, cuhk03
 from unreid.data.datasets.folder import FOLDER_LAYOUT, folder
 from unreid.data.datasets.market1501 import (
@@ -32,7 +32,9 @@ from unreid.data.datasets.market1501 import (
 )
 from unreid.data.datasets.msmt17 import MSMT_LAYOUT, msmt17
 from unreid.data.datasets.regdb import REGDB_LAYOUT, regdb
+from unreid.data.datasets.vehicleid import VEHICLEID_LAYOUT, vehicleid
 from unreid.data.datasets.veri776 import VERI_LAYOUT, veri776
+from unreid.data.datasets.veriwild import VERIWILD_LAYOUT, veriwild
 
 SYNTHETIC_LAYOUT = """\
 <root>/synthetic-<hash of the options and generator version>/   generated on first use, then reused
@@ -89,12 +91,19 @@ class DatasetInfo:
         description: one line.
         layout: multi-line text: the expected tree, the file-name pattern and the options.
         loader: ``loader(root, **options) -> ReIDData``.
+        published: the counts of the official release, ``{part: (ids, images)}`` with ``part`` one of
+            ``train`` / ``query`` / ``gallery`` or a trial group (its first trial's query and gallery
+            together, images de-duplicated); ``None`` when not recorded. ``unreid datasets --check``
+            compares a loaded copy with them (:func:`compare_published`).
+        published_source: where ``published`` comes from.
     """
 
     name: str
     description: str
     layout: str
     loader: Callable[..., ReIDData]
+    published: dict[str, tuple[int, int]] | None = None
+    published_source: str = ""
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -107,13 +116,72 @@ DATASETS: dict[str, DatasetInfo] = {
                     MSMT_LAYOUT, msmt17),
         DatasetInfo("cuhk03", "CUHK03 new protocol, detected or labeled (767 / 700 ids), or Market-style",
                     CUHK03_LAYOUT, cuhk03),
-        DatasetInfo("veri776", "VeRi-776 vehicles (20 cameras, 576 / 200 ids)", VERI_LAYOUT, veri776),
+        DatasetInfo("veri776", "VeRi-776 vehicles (20 cameras, 576 / 200 ids)", VERI_LAYOUT, veri776,
+                    published={"train": (576, 37778), "query": (200, 1678), "gallery": (200, 11579)},
+                    published_source="Liu et al., ECCV 2016 (VeRi-776 release); issue 30"),
+        DatasetInfo("vehicleid", "PKU VehicleID (no cameras; 13,164 train ids; test 800-13,164 ids, 10 "
+                    "seeded gallery draws each)", VEHICLEID_LAYOUT, vehicleid,
+                    published={"train": (13164, 113346), "test_800": (800, 6493), "test_1600": (1600, 13377),
+                               "test_2400": (2400, 19777)},
+                    published_source="Liu et al., CVPR 2016; ANCHORS.md \"Evaluation protocols\""),
+        DatasetInfo("veriwild", "VERI-Wild vehicles (174 cameras; 30,671 train ids; test 3,000 / 5,000 / "
+                    "10,000 ids)", VERIWILD_LAYOUT, veriwild,
+                    published={"train": (30671, 277797), "small": (3000, 41861), "medium": (5000, 69389),
+                               "large": (10000, 138517)},
+                    published_source="Lou et al., CVPR 2019; fast-reid fastreid/data/datasets/veriwild.py "
+                                     "docstrings; ANCHORS.md \"Evaluation protocols\""),
         DatasetInfo("regdb", "RegDB visible-thermal persons (10 trials, 206 / 206 ids)", REGDB_LAYOUT, regdb),
         DatasetInfo("folder", "any folder of unlabeled images (training only)", FOLDER_LAYOUT, folder),
         DatasetInfo("synthetic", "procedural identities seen by differing cameras (tests, demo)",
                     SYNTHETIC_LAYOUT, synthetic),
     )
 }
+
+
+def observed_counts(data: ReIDData) -> dict[str, tuple[int, int]]:
+    """``{part: (ids, images)}`` of a loaded data set, in the parts of :attr:`DatasetInfo.published`:
+    ``train``, ``query``, ``gallery`` (distinct pids, samples), and per trial group the first trial's
+    query and gallery together (distinct pids, distinct image paths)."""
+    out = {"train": (len({s.pid for s in data.train}), len(data.train))}
+    if data.query:
+        out["query"] = (len({s.pid for s in data.query}), len(data.query))
+    if data.gallery:
+        out["gallery"] = (len({s.pid for s in data.gallery}), len(data.gallery))
+    for group, trials in data.groups().items():
+        both = trials[0].query + trials[0].gallery
+        out[group] = (len({s.pid for s in both}), len({s.path for s in both}))
+    return out
+
+
+def compare_published(data: ReIDData, published: dict[str, tuple[int, int]]) -> tuple[str, list[str]]:
+    """Compare a loaded data set with published counts.
+
+    Args:
+        data: the loaded data set.
+        published: ``{part: (ids, images)}`` (:attr:`DatasetInfo.published`).
+
+    Returns:
+        ``(table, differences)``: a text table of every published part (loaded vs published ids and
+        images; a part the options did not load, e.g. a test size not requested, is marked so), and one
+        line per difference naming the part, the count and both values (empty when all loaded parts match).
+    """
+    seen = observed_counts(data)
+    rows = ["  part       |    ids (published) |    images (published) | ",
+            "  -----------+--------------------+-----------------------+---"]
+    diffs = []
+    for part, (p_ids, p_imgs) in published.items():
+        if part not in seen:
+            rows.append(f"  {part:<10} | {'-':>6} ({p_ids:>9}) | {'-':>8} ({p_imgs:>10}) | not loaded with these options")
+            continue
+        ids, imgs = seen[part]
+        mark = []
+        for what, got, want in (("ids", ids, p_ids), ("images", imgs, p_imgs)):
+            if got != want:
+                mark.append(what)
+                diffs.append(f"{part}: {got} {what} loaded, {want} published ({got - want:+d})")
+        rows.append(f"  {part:<10} | {ids:>6} ({p_ids:>9}) | {imgs:>8} ({p_imgs:>10}) | "
+                    + ("differs: " + ", ".join(mark) if mark else "ok"))
+    return "\n".join(rows), diffs
 
 
 def build_dataset(name: str, root: str, **options) -> ReIDData:
@@ -139,4 +207,5 @@ def build_dataset(name: str, root: str, **options) -> ReIDData:
     return loader(root, **options)
 
 
-__all__ = ["DATASETS", "INFRARED", "VISIBLE", "DatasetInfo", "ReIDData", "Sample", "build_dataset"]
+__all__ = ["DATASETS", "INFRARED", "VISIBLE", "DatasetInfo", "ReIDData", "Sample", "Trial", "build_dataset",
+           "compare_published", "observed_counts"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from unreid.data.datasets.base import Sample
@@ -90,3 +90,28 @@ def check_options(name: str, loader: Callable, options: dict) -> None:
         raise ValueError(
             f"{name}: unknown data.options {unknown}; accepted: {accepted or 'none'} (see `unreid datasets`)"
         )
+
+
+def parse_test_sizes(value: int | str | Sequence[int | str], choices: Sequence[int], dataset: str,
+                     names: dict[str, int] | None = None) -> list[int]:
+    """Test sizes from ``value``: an int, a comma string (``"800,1600"``) or a list; names of ``names``
+    (e.g. ``"small" -> 3000``) are accepted too. Order kept.
+
+    Raises:
+        ValueError: an empty value, a size not in ``choices``, or a size given twice.
+    """
+    names = names or {}
+    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, int) else list(value))
+    out = []
+    for item in items:
+        text = str(item).strip().lower()
+        size = names.get(text, int(text) if text.isdigit() else None)
+        if size not in choices:
+            known = ", ".join([*map(str, choices), *names])
+            raise ValueError(f"{dataset}: data.options.test_sizes: {item!r} is not a test size; choose from {known}")
+        if size in out:
+            raise ValueError(f"{dataset}: data.options.test_sizes names {size} twice")
+        out.append(size)
+    if not out:
+        raise ValueError(f"{dataset}: data.options.test_sizes is empty; give e.g. \"{choices[0]}\"")
+    return out

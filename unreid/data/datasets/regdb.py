@@ -4,6 +4,11 @@
 folder. Visible images are modality 0 / camera 0, thermal images modality 1 / camera 1. Training ids
 (shared by both modalities) are relabelled 0..P-1; query = the test images of the query modality,
 gallery = the test images of the other one (``mode``, AGW default visible -> thermal).
+
+Both directions are evaluated from one feature extraction: ``trials`` holds two groups of one trial each,
+``mode`` first (the headline: flat ``mAP``, ``rank1``, ...) and the other direction second
+(``thermal_to_visible/mAP``, ...; :mod:`unreid.evaluation.trials`). AGW evaluates one direction per run
+(``--mode``); the numbers of each direction are the same as that run's.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from unreid.data.datasets._util import relabel, require, resolve_root
-from unreid.data.datasets.base import INFRARED, VISIBLE, ReIDData, Sample
+from unreid.data.datasets.base import INFRARED, VISIBLE, ReIDData, Sample, Trial
 
 REGDB_LAYOUT = """\
 <root>/                          (e.g. RegDB/, or its parent)
@@ -43,6 +48,10 @@ def read_index(path: Path, root: Path, modality: int) -> list[Sample]:
 def regdb(root: str, trial: int = 1, mode: str = "visible_to_thermal") -> ReIDData:
     """Load one RegDB trial; ``root`` = the RegDB folder (holding ``idx/``) or its parent.
 
+    ``query`` / ``gallery`` follow ``mode``; ``trials`` holds both directions, ``mode`` first (module
+    docstring). ``trial`` (the index files' split, 1..10) is not a :class:`Trial`: AGW trains one model
+    per split.
+
     Raises:
         ValueError: ``trial`` not in 1..10, unknown ``mode``, or a malformed index line.
         FileNotFoundError: an index file is missing (the message names it and shows the layout).
@@ -57,6 +66,7 @@ def regdb(root: str, trial: int = 1, mode: str = "visible_to_thermal") -> ReIDDa
     require(r, files, "regdb", REGDB_LAYOUT)
     train = read_index(r / files[0], r, VISIBLE) + read_index(r / files[1], r, INFRARED)
     vis, ir = read_index(r / files[2], r, VISIBLE), read_index(r / files[3], r, INFRARED)
-    query, gallery = (vis, ir) if mode == "visible_to_thermal" else (ir, vis)
-    return ReIDData("regdb", relabel(train), query, gallery,
-                    info={"root": str(r), "trial": trial, "mode": mode, "protocol": "regdb"})
+    v2t, t2v = Trial("visible_to_thermal", 0, vis, ir), Trial("thermal_to_visible", 0, ir, vis)
+    trials = [v2t, t2v] if mode == "visible_to_thermal" else [t2v, v2t]
+    return ReIDData("regdb", relabel(train), trials[0].query, trials[0].gallery,
+                    info={"root": str(r), "trial": trial, "mode": mode, "protocol": "regdb"}, trials=trials)
