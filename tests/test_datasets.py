@@ -72,7 +72,9 @@ def test_missing_parts_are_named_with_the_layout(tmp_path, name, expect):
     with pytest.raises(FileNotFoundError) as e:
         build_dataset(name, str(tmp_path))
     msg = str(e.value)
-    assert expect in msg and "Expected layout" in msg and DATASETS[name].layout.splitlines()[1].strip() in msg
+    assert "\n" not in msg, "one line"
+    assert expect in msg and "Expected layout" in msg
+    assert " ".join(DATASETS[name].layout.splitlines()[1].split()) in msg
 
 
 def test_registry_errors_and_descriptions(tmp_path):

@@ -383,3 +383,19 @@ def test_tcl_trains_and_resumes_exactly(synthetic_root, tmp_path, part):
     rows = metrics_rows(full)
     assert rows[-1]["losses"] == metrics_rows(cut)[-1]["losses"]
     assert {"pcl", "hcl", "wrccl"} <= set(rows[-1]["losses"])
+
+
+def test_tcl_configs_are_the_baselines_with_the_method_swapped():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("veri776", "vehicleid", "veriwild"):
+        cfg, base = load_config(root / "tcl" / f"{name}.yaml"), load_config(root / "cluster_contrast" / f"{name}.yaml")
+        assert (cfg.method.name, cfg.model.backbone, cfg.data.height, cfg.data.width, cfg.optim.epochs) == (
+            "tcl", "resnet50", 224, 224, 50)
+        assert cfg.data == base.data and cfg.pseudo_labels == base.pseudo_labels and cfg.eval == base.eval
+        assert cfg.optim.amp is False  # fp32, as the Cluster Contrast recipe they extend
+    for name in ("vehicle_2cam_cpu", "cuhk03_detected_cpu"):
+        cfg, base = load_config(root / "tcl" / f"{name}.yaml"), load_config(root / "cluster_contrast" / f"{name}.yaml")
+        assert cfg.method.name == "tcl" and (cfg.data, cfg.model, cfg.optim, cfg.pseudo_labels, cfg.eval) == (
+            base.data, base.model, base.optim, base.pseudo_labels, base.eval)

@@ -44,7 +44,8 @@ def require(root: Path, names: Iterable[str], dataset: str, layout: str) -> None
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or some of ``names`` (relative paths) are missing
-            under it; the message names every missing entry and shows the expected ``layout``.
+            under it; the message, one line, names every missing entry and gives the expected ``layout``
+            (:func:`one_line`).
     """
     if not root.is_dir():
         missing = [str(root)]
@@ -52,9 +53,14 @@ def require(root: Path, names: Iterable[str], dataset: str, layout: str) -> None
         missing = [n for n in names if not (root / n).exists()]
     if missing:
         raise FileNotFoundError(
-            f"{dataset}: {', '.join(missing)} not found under {root}.\nExpected layout:\n{layout.rstrip()}\n"
-            "(set data.root to the data set folder or its parent; `unreid datasets` lists every layout)"
+            f"{dataset}: {', '.join(missing)} not found under {root}. Expected layout: {one_line(layout)}. Set "
+            "data.root to the data set folder or its parent (`unreid datasets` draws every layout)"
         )
+
+
+def one_line(layout: str) -> str:
+    """A multi-line layout text on one line: each line's runs of spaces collapsed, lines joined by `` | ``."""
+    return " | ".join(" ".join(line.split()) for line in layout.strip().splitlines())
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unreid.data.datasets._util import relabel
+from unreid.data.datasets._util import one_line, relabel
 from unreid.data.datasets.base import ReIDData, Sample
 from unreid.data.datasets.market1501 import load_market_layout
 
@@ -107,11 +107,11 @@ def _locate(base: Path, variant: str) -> tuple[Path, Path, Path]:
             partial = (d, "cuhk03_release/cuhk-03.mat" if mat is None else split_name)
     if partial is not None:
         raise FileNotFoundError(
-            f"cuhk03: {partial[1]} not found under {partial[0]}.\nExpected layout:\n{CUHK03_LAYOUT}")
+            f"cuhk03: {partial[1]} not found under {partial[0]}. Expected layout: {one_line(CUHK03_LAYOUT)}")
     raise FileNotFoundError(
         f"cuhk03: neither cuhk03_release/cuhk-03.mat + {split_name} nor bounding_box_train/ found "
         f"under {base}."
-        f"\nExpected layout:\n{CUHK03_LAYOUT}(set data.root to the data set folder or its parent)")
+        f" Expected layout: {one_line(CUHK03_LAYOUT)}. Set data.root to the data set folder or its parent")
 
 
 def cuhk03(root: str, variant: str = "detected") -> ReIDData:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unreid.data.datasets._util import IMAGE_EXTS
+from unreid.data.datasets._util import IMAGE_EXTS, one_line
 from unreid.data.datasets.base import ReIDData, Sample
 
 FOLDER_LAYOUT = """\
@@ -28,7 +28,7 @@ def folder(root: str, camera_pattern: str | None = None) -> ReIDData:
     """
     r = Path(root).expanduser()
     if not r.is_dir():
-        raise FileNotFoundError(f"folder: {r} is not a directory.\nExpected layout:\n{FOLDER_LAYOUT}")
+        raise FileNotFoundError(f"folder: {r} is not a directory. Expected layout: {one_line(FOLDER_LAYOUT)}")
     paths = sorted(p for p in r.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     if not paths:
         raise FileNotFoundError(f"folder: no image (jpg/jpeg/png/bmp) under {r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unreid.data.datasets._util import list_images, relabel, report_unmatched, require, resolve_root
+from unreid.data.datasets._util import list_images, one_line, relabel, report_unmatched, require, resolve_root
 from unreid.data.datasets.base import ReIDData, Sample
 
 MARKET_LAYOUT = """\
@@ -78,8 +78,8 @@ def load_market_layout(root: Path, name: str, layout: str = MARKET_LAYOUT) -> Re
     train, s1 = parse_folder(root / "bounding_box_train", True, name)
     if not train:
         raise FileNotFoundError(
-            f"{name}: no image named like PPPP_cC... in {root / 'bounding_box_train'}\n"
-            f"Expected layout:\n{layout}")
+            f"{name}: no image named like PPPP_cC... in {root / 'bounding_box_train'}. "
+            f"Expected layout: {one_line(layout)}")
     query, s2 = parse_folder(root / "query", False, name)
     gallery, s3 = parse_folder(root / "bounding_box_test", False, name)
     return ReIDData(name, relabel(train), query, gallery,

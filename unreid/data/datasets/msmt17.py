@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from unreid.data.datasets._util import relabel, require
+from unreid.data.datasets._util import one_line, relabel, require
 from unreid.data.datasets.base import ReIDData, Sample
 from unreid.data.datasets.market1501 import load_market_layout
 
@@ -87,8 +87,8 @@ def msmt17(root: str, version: str | None = None) -> ReIDData:
         tried = [base] + [base / VERSIONS[v][0] for v in ([version] if version else VERSIONS)]
         raise FileNotFoundError(
             f"msmt17: list_train.txt (official layout) or bounding_box_train/ (Market-style) not found in "
-            f"{', '.join(map(str, tried))}.\nExpected layout:\n{MSMT_LAYOUT.rstrip()}\n"
-            "(set data.root to the data set folder or its parent)")
+            f"{', '.join(map(str, tried))}. Expected layout: {one_line(MSMT_LAYOUT)}. "
+            "Set data.root to the data set folder or its parent")
     r, v = found
     _, train_dir, test_dir = VERSIONS[v]
     require(r, [train_dir, test_dir, *_LISTS], f"msmt17 ({v})", MSMT_LAYOUT)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unreid.data.datasets._util import list_images, relabel, report_unmatched, require, resolve_root
+from unreid.data.datasets._util import list_images, one_line, relabel, report_unmatched, require, resolve_root
 from unreid.data.datasets.base import ReIDData, Sample
 
 VERI_LAYOUT = """\
@@ -46,7 +46,7 @@ def veri776(root: str) -> ReIDData:
     (train, s1), (query, s2), (gallery, s3) = (_parse(r / s) for s in SPLITS)
     if not train:
         raise FileNotFoundError(
-            f"veri776: no image named like VVVV_cCCC_... in {r / 'image_train'}\n"
-            f"Expected layout:\n{VERI_LAYOUT}")
+            f"veri776: no image named like VVVV_cCCC_... in {r / 'image_train'}. "
+            f"Expected layout: {one_line(VERI_LAYOUT)}")
     return ReIDData("veri776", relabel(train), query, gallery,
                     info={"root": str(r), "protocol": "market", "skipped_files": s1 + s2 + s3})
