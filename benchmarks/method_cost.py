@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.repeats):
             for name, config in runs:
                 trainer, iters[name] = _trainer(config, Path(tmp) / f"{name}-{r}", args.steps, args.set)
+                trainer.enter_stage(0, fresh=True)
                 t0 = time.perf_counter()
                 trainer.refresh(0)
                 t1 = time.perf_counter()
