@@ -182,3 +182,64 @@ def test_memory_needs_labels_formed_per_modality():
     only_visible = PseudoLabels(np.array([0, 0]), 1, group_of_cluster=np.array([0]))
     with pytest.raises(ValueError, match="no infrared cluster"):
         CrossModalityMemory().build({"global": torch.ones(2, 3)}, only_visible, None)
+
+
+# ------------------------------------------------------------------------------------------------ sampler
+def _pair_fixture():
+    import numpy as np
+
+    # clusters 0, 1, 2 visible (ids 0-14), 3, 4 infrared (ids 15-24); images 25, 26 are outliers
+    labels = np.array([0] * 5 + [1] * 3 + [2] * 7 + [3] * 6 + [4] * 4 + [-1, -1])
+    modalities = np.array([0] * 15 + [1] * 12)
+    goc = np.array([0, 0, 0, 1, 1])
+    matches = np.array([[0, 3], [1, 3], [2, 4]])
+    return labels, modalities, goc, matches
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_pair_sampler_yields_aligned_modality_halves(paired):
+    import numpy as np
+
+    from unreid.data.samplers import ModalityPairSampler
+
+    labels, modalities, goc, matches = _pair_fixture()
+    s = ModalityPairSampler(labels, modalities, goc, matches, clusters_per_step=2, num_instances=4, steps=5,
+                            paired=paired, seed=7)
+    idx = np.asarray(list(iter(s)))
+    assert len(idx) == len(s) == 5 * 2 * 2 * 4
+    partner = {0: {3}, 1: {3}, 2: {4}, 3: {0, 1}, 4: {2}}
+    for step in idx.reshape(5, 2, 8):  # (visible half, infrared half) of each step
+        vis, ir = step
+        assert (modalities[vis] == 0).all() and (modalities[ir] == 1).all() and (labels[step] >= 0).all()
+        for i in range(2):  # cluster pair i: K images each, one cluster per block
+            cv, cr = set(labels[vis[4 * i:4 * i + 4]]), set(labels[ir[4 * i:4 * i + 4]])
+            assert len(cv) == len(cr) == 1
+            if paired:
+                assert cr <= partner[cv.pop()]
+        # a cluster with more than K images gives K distinct ones (cluster 2 has 7, cluster 0 has 5)
+        for i in range(2):
+            block = vis[4 * i:4 * i + 4]
+            if (labels == labels[block[0]]).sum() > 4:
+                assert len(set(block)) == 4
+        if not paired:  # stage 1 draws distinct clusters; stage 2 may meet a cluster from both sides (as MBCCM)
+            assert len(set(labels[vis][::4])) == 2 and len(set(labels[ir][::4])) == 2
+    again = np.asarray(list(iter(ModalityPairSampler(labels, modalities, goc, matches, 2, 4, 5, paired, seed=7))))
+    assert np.array_equal(idx, again)
+    assert not np.array_equal(idx, np.asarray(list(iter(s))))  # the next pass draws anew
+
+
+def test_pair_sampler_in_stage_two_draws_half_from_each_side():
+    import numpy as np
+
+    from unreid.data.samplers import ModalityPairSampler
+
+    labels, modalities, goc, matches = _pair_fixture()
+    # P = 2: one infrared-led pair, then one visible-led pair; an infrared-led pair whose infrared cluster is 4
+    # must hold visible cluster 2, its only partner
+    s = ModalityPairSampler(labels, modalities, goc, matches, 2, 4, steps=200, paired=True, seed=1)
+    idx = np.asarray(list(iter(s))).reshape(200, 2, 8)
+    first_ir = labels[idx[:, 1, 0]]
+    first_vis = labels[idx[:, 0, 0]]
+    assert set(first_vis[first_ir == 4]) == {2} and set(first_vis[first_ir == 3]) == {0, 1}
+    with pytest.raises(ValueError, match="matches"):
+        ModalityPairSampler(labels, modalities, goc, None, 2, 4, 5, paired=True)

@@ -198,6 +198,95 @@ class ProxySampler(_PassSampler):
         return out
 
 
+class ModalityPairSampler(_PassSampler):
+    """MBCCM's two samplers (FranklinLingfeng/MBCCM-master-MM-23 @3492a38, ``sampler.py``): each step draws
+    ``P`` visible and ``P`` infrared clusters and ``K`` images of each, and yields the step's ``P * K`` visible
+    indices, then its ``P * K`` infrared indices, position by position aligned: visible image ``k`` and infrared
+    image ``k`` of a step come from the ``i = k // K``-th cluster pair.
+
+    * ``paired=False`` (stage 1, ``IdentitySampler``): the visible and the infrared clusters are drawn
+      independently (no pairing meant).
+    * ``paired=True`` (stage 2, ``IdentitySamplerAssign``): ``P // 2`` infrared clusters, each with one random
+      visible partner among its matches, then ``P - P // 2`` visible clusters, each with one random infrared
+      partner: pair ``i`` holds matched clusters.
+
+    Clusters are drawn without replacement (the reference's ``replace=False``; with replacement when a modality
+    has fewer than needed, where the reference would stop with an error); a cluster's ``K`` images without
+    replacement when it has more than ``K`` (the reference's ``>``), with replacement otherwise. Clusters
+    without a partner are never drawn in stage 2 (the published matching leaves none). Randomness: this
+    sampler's own generator per pass (module docstring), not numpy's global one.
+
+    Args:
+        labels: ``(N,) int`` pseudo-labels (global cluster ids; ``-1`` never drawn).
+        modalities: ``(N,) int`` 0 visible, 1 infrared.
+        group_of_cluster: ``(C,) int`` modality of each cluster.
+        matches: ``(M, 2) int`` matched cluster pairs (one of each modality), needed when ``paired``.
+        clusters_per_step: ``P`` (MBCCM: 12).
+        num_instances: ``K`` (MBCCM: 12).
+        steps: steps per pass (MBCCM: 300 SYSU-MM01, 100 RegDB).
+        paired: stage 2's pairing.
+        seed: the sampler's seed.
+
+    Raises:
+        ValueError: a modality has no cluster, ``paired`` without matches, or bad sizes.
+    """
+
+    def __init__(self, labels: np.ndarray, modalities: np.ndarray, group_of_cluster: np.ndarray,
+                 matches: np.ndarray | None, clusters_per_step: int, num_instances: int, steps: int,
+                 paired: bool = False, seed: int = 0) -> None:
+        super().__init__(seed)
+        labels, modalities = np.asarray(labels), np.asarray(modalities)
+        goc = np.asarray(group_of_cluster)
+        if clusters_per_step < 1 or num_instances < 1 or steps < 1:
+            raise ValueError(f"need clusters_per_step, num_instances, steps >= 1, got {clusters_per_step}, "
+                             f"{num_instances}, {steps}")
+        self.p, self.k, self.steps, self.paired = int(clusters_per_step), int(num_instances), int(steps), paired
+        self.members = {int(c): np.flatnonzero(labels == c) for c in range(len(goc))}
+        self.clusters = [np.asarray([c for c in range(len(goc)) if goc[c] == m and self.members[c].size])
+                         for m in (0, 1)]
+        for m, name in enumerate(("visible", "infrared")):
+            if self.clusters[m].size == 0:
+                raise ValueError(f"ModalityPairSampler: no {name} cluster to draw from")
+            if np.any(modalities[np.concatenate([self.members[c] for c in self.clusters[m]])] != m):
+                raise ValueError(f"ModalityPairSampler: a {name} cluster holds images of the other modality")
+        self.partners: list[dict[int, np.ndarray]] = [{}, {}]
+        if paired:
+            if matches is None or len(matches) == 0:
+                raise ValueError("ModalityPairSampler(paired=True) needs the cross-modality matches")
+            pairs = np.asarray(matches).reshape(-1, 2)
+            for a, b in pairs:
+                v, r = (a, b) if goc[a] == 0 else (b, a)
+                self.partners[0].setdefault(int(v), []).append(int(r))
+                self.partners[1].setdefault(int(r), []).append(int(v))
+            self.partners = [{c: np.asarray(sorted(set(p))) for c, p in d.items()} for d in self.partners]
+
+    def _draw(self, rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+        return rng.choice(pool, size=n, replace=pool.size < n)
+
+    def _images(self, rng: np.random.Generator, cluster: int) -> np.ndarray:
+        m = self.members[cluster]
+        return rng.choice(m, size=self.k, replace=m.size <= self.k)
+
+    def _build(self, rng: np.random.Generator) -> list[int]:
+        out: list[int] = []
+        for _ in range(self.steps):
+            if not self.paired:
+                vis, ir = self._draw(rng, self.clusters[0], self.p), self._draw(rng, self.clusters[1], self.p)
+            else:
+                half = self.p // 2
+                ir_a = self._draw(rng, np.asarray(sorted(self.partners[1])), half)
+                vis_a = [int(rng.choice(self.partners[1][int(c)])) for c in ir_a]
+                vis_b = self._draw(rng, np.asarray(sorted(self.partners[0])), self.p - half)
+                ir_b = [int(rng.choice(self.partners[0][int(c)])) for c in vis_b]
+                vis, ir = np.concatenate([vis_a, vis_b]).astype(int), np.concatenate([ir_a, ir_b]).astype(int)
+            v_idx, r_idx = [], []
+            for cv, cr in zip(vis, ir):
+                v_idx.extend(self._images(rng, int(cv)).tolist())
+                r_idx.extend(self._images(rng, int(cr)).tolist())
+            out.extend(v_idx + r_idx)
+        return out
+
+
 def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_instances: int,
                   kind: str = "camera_aware", seed: int = 0) -> Sampler[int]:
     """The training sampler ``kind`` over (pseudo-)labels.
