@@ -181,6 +181,20 @@ class TCLConfig:
 
 
 @dataclass
+class MBCCMConfig:
+    """MBCCM (Cheng et al., ACM MM 2023; FranklinLingfeng/MBCCM-master-MM-23 @3492a38 ``train_mbccm.py``
+    argparse defaults and ``trainer.py``; ANCHORS.md "MBCCM")."""
+
+    stage1_epochs: int = 40  #: --start-epoch-two-modality 40: L_MS only before, + L_MA + L_CC from then on
+    alpha: float = 0.9  #: --alpha, weight of L_MA
+    beta: float = 0.5  #: --beta, weight of L_CC
+    cross_momentum: float = 0.1  #: --momentum-cross, of the two cross memories (method.momentum: the others)
+    clusters_per_step: int = 12  #: --batch-size 12: clusters per modality per step (data.num_instances = K)
+    #: L_CC's two cross logits on un-normalised features, as the public code (torch.mm(feat, memory.T) / temp)
+    raw_cross: bool = True
+
+
+@dataclass
 class CameraConfig:
     """Camera-aware learning (docs/methods/camera_aware.md). Camera ids are free metadata and may be
     used here; identities never are. Everything is off by default (the published recipes)."""
@@ -217,13 +231,14 @@ class CameraConfig:
 class MethodConfig:
     """Which method and its memory / loss hyper-parameters."""
 
-    name: str = "cluster_contrast"  #: cluster_contrast | hhcl | tcl (| mbccm | gcl)
+    name: str = "cluster_contrast"  #: cluster_contrast | hhcl | tcl | mbccm (| gcl)
     supervised: bool = False  #: train on TRUE identities (upper-bound reference); never the default
     temperature: float = 0.05  #: CC tau = 0.05
     momentum: float = 0.1  #: CC README momentum 0.1 (argparse default 0.2)
     memory_update: str = "per_sample"  #: "per_sample" (CC, in batch order) | "batch_mean"
     hhcl: HHCLConfig = field(default_factory=HHCLConfig)
     tcl: TCLConfig = field(default_factory=TCLConfig)
+    mbccm: MBCCMConfig = field(default_factory=MBCCMConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
 
 
@@ -408,6 +423,11 @@ def validate(cfg: Config) -> Config:
     if min(t.pcl_weight, t.hcl_weight, t.wrccl_weight) < 0:
         raise ConfigError(f"method.tcl loss weights must be >= 0, got pcl_weight={t.pcl_weight}, hcl_weight="
                           f"{t.hcl_weight}, wrccl_weight={t.wrccl_weight}")
+    b = m.mbccm
+    if b.stage1_epochs < 0 or b.clusters_per_step < 1 or min(b.alpha, b.beta) < 0 or not 0 <= b.cross_momentum < 1:
+        raise ConfigError(f"method.mbccm: need stage1_epochs >= 0, clusters_per_step >= 1, alpha, beta >= 0 and "
+                          f"cross_momentum in [0, 1) (got {b.stage1_epochs}, {b.clusters_per_step}, {b.alpha}, "
+                          f"{b.beta}, {b.cross_momentum})")
     c = m.camera
     if min(c.intra_weight, c.inter_weight, c.online_weight, c.method_loss_weight) < 0:
         raise ConfigError(

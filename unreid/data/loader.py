@@ -172,7 +172,10 @@ class ReIDImageDataset(Dataset):
 
     Args:
         samples: the images (:class:`~unreid.data.datasets.base.Sample`).
-        transform: maps a ``uint8 (3, h, w)`` tensor to the model input (``unreid.data.transforms``).
+        transform: maps a ``uint8 (3, h, w)`` tensor to the model input (``unreid.data.transforms``), or to a
+            dict of named inputs (e.g. ``{"img": view1, "img2": view2}``, merged into the item: methods that
+            train on several views, MBCCM); or a dict ``{modality: transform}`` picking one by the sample's
+            modality (then every modality's transform must return the same keys).
         cache: an :class:`ImageCache` holding (some of) the paths; others are decoded from disk.
         size: ``(H, W)`` of the black stand-in for an unreadable image (default: the cache's size, else
             16 x 8; the transform resizes it anyway).
@@ -225,24 +228,35 @@ class ReIDImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = self.samples[i]
-        return {
-            "img": self.transform(self._load(i, s.path)),
+        transform = self.transform[s.modality] if isinstance(self.transform, dict) else self.transform
+        out = transform(self._load(i, s.path))
+        item = dict(out) if isinstance(out, dict) else {"img": out}
+        item.update({
             "index": torch.tensor(i, dtype=torch.int64),
             "camid": torch.tensor(s.camid, dtype=torch.int64),
             "modality": torch.tensor(s.modality, dtype=torch.int64),
-        }
+        })
+        return item
 
 
 def build_train_loader(samples: Sequence[Sample], sampler: Sampler[int], cfg: DataConfig,
-                       cache: ImageCache | None = None) -> DataLoader:
+                       cache: ImageCache | None = None, transform: Any = None, batch_size: int | None = None
+                       ) -> DataLoader:
     """Training loader: ``sampler`` order, the train transform, ``cfg.batch_size``, last incomplete batch
     dropped, ``cfg.workers`` worker processes (0 = main process; not persistent, so that each pass sees the
     sampler's new order), memory pinned only when CUDA is available.
 
-    Batches: ``img (B, 3, cfg.height, cfg.width) float32``, ``index`` / ``camid`` / ``modality (B,) int64``.
+    ``transform`` / ``batch_size`` replace :func:`~unreid.data.transforms.build_train_transform` and
+    ``cfg.batch_size`` when given (a method's own, :meth:`unreid.methods.Method.train_transform`; see
+    :class:`ReIDImageDataset` for the forms a transform may take).
+
+    Batches: ``img (B, 3, cfg.height, cfg.width) float32`` (and any other view the transform names),
+    ``index`` / ``camid`` / ``modality (B,) int64``.
     """
-    ds = ReIDImageDataset(samples, build_train_transform(cfg), cache, (cfg.height, cfg.width))
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+    ds = ReIDImageDataset(samples, build_train_transform(cfg) if transform is None else transform, cache,
+                          (cfg.height, cfg.width))
+    return DataLoader(ds, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      drop_last=True,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 

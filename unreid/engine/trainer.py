@@ -337,11 +337,13 @@ class Trainer:
             raise TrainingStopped(f"epoch {epoch}: no labels to sample from (the stage does not relabel and no "
                                   "earlier stage made labels)")
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
-        loader = build_train_loader(self.method.train_set, sampler, self.cfg.data, cache=self.cache)
+        batch_size = self.method.train_batch_size()
+        loader = build_train_loader(self.method.train_set, sampler, self.cfg.data, cache=self.cache,
+                                    transform=self.method.train_transform(), batch_size=batch_size)
         if len(loader) == 0:
             raise TrainingStopped(
                 f"epoch {epoch}: the sampler yields {len(sampler)} images from {self.method.labels.num_clusters} "
-                f"clusters, less than one batch of {self.cfg.data.batch_size}; lower data.batch_size, or raise "
+                f"clusters, less than one batch of {batch_size}; lower data.batch_size, or raise "
                 "pseudo_labels.eps so that more samples are clustered")
         iters = self.cfg.optim.iters or len(loader)
         self._set_train_modes()

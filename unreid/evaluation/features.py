@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unreid.models.registry import takes_ids
+
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader, device: torch.device | str, amp: bool = False,
@@ -17,8 +19,9 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
             features (unreid models return L2-normalised features in eval mode; rows are re-normalised
             here anyway).
         loader: iterable of dict batches with ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,)`` int64,
-            the position of each image in ``loader.dataset`` (other keys such as ``camid`` and
-            ``modality`` are ignored; identities are never read). ``len(loader.dataset)`` gives N. Any
+            the position of each image in ``loader.dataset``; ``modality`` is passed to a model whose
+            ``forward`` takes ``modalities`` (a two-stream model routes each image to its stem), other keys
+            are ignored and identities are never read. ``len(loader.dataset)`` gives N. Any
             sampler order works: row ``index[b]`` of the result receives image ``b``'s feature.
         device: where the forward passes run.
         amp: float16 autocast, used only when ``device`` is CUDA.
@@ -51,10 +54,13 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise ValueError(f"extract_features: batch index outside [0, {n}) (len(loader.dataset) = {n})")
             x = batch["img"].to(device, non_blocking=True)
+            kw = {}
+            if "modality" in batch and takes_ids(model):  # a two-stream model picks its stem by modality
+                kw = {"modalities": torch.as_tensor(batch["modality"]).to(device)}
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                f = model(x).float()
+                f = model(x, **kw).float()
                 if flip:
-                    f = f + model(torch.flip(x, dims=[3])).float()
+                    f = f + model(torch.flip(x, dims=[3]), **kw).float()
             f = F.normalize(f, dim=1).cpu()
             if out is None:
                 out = torch.zeros(n, f.shape[1], dtype=torch.float32)

@@ -39,6 +39,7 @@ from unreid.config import Config
 from unreid.data.datasets.base import Sample
 from unreid.engine.optim import OptimizerSpec
 from unreid.memory.base import LabelMemory, Memory, MemoryContext, require_built
+from unreid.models.registry import takes_ids
 from unreid.pseudo_labels.base import PseudoLabels
 
 if TYPE_CHECKING:
@@ -93,18 +94,6 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: lr must be 'continue' or 'restart', got {self.lr!r}")
 
 
-def takes_ids(module: nn.Module) -> bool:
-    """Whether ``module.forward`` accepts ``camids`` and ``modalities`` keywords (the architecture contract)."""
-    import inspect
-
-    cls = type(module)
-    if cls not in _TAKES_IDS:
-        params = inspect.signature(cls.forward).parameters
-        _TAKES_IDS[cls] = "camids" in params and "modalities" in params
-    return _TAKES_IDS[cls]
-
-
-_TAKES_IDS: dict[type, bool] = {}
 
 #: features extractor the engine gives a method: ``(model, samples) -> (N, d) float32`` L2-normalised, CPU
 Extractor = Callable[[nn.Module, list[Sample]], Tensor]
@@ -318,6 +307,16 @@ class Method:
         return labels
 
     # ------------------------------------------------------------------ training
+    def train_transform(self) -> Any:
+        """The training augmentation (``None``: :func:`unreid.data.transforms.build_train_transform` of
+        ``data``); a method may return its own, per modality and with several views
+        (:class:`unreid.data.loader.ReIDImageDataset`)."""
+        return None
+
+    def train_batch_size(self) -> int:
+        """Images per training batch (``data.batch_size``; a method whose sampler fixes another size says so)."""
+        return int(self.cfg.data.batch_size)
+
     def sampler(self, labels: PseudoLabels, seed: int) -> Sampler:
         """The P x K sampler over the clustered samples (outliers left out); the stage's ``sampler`` kind
         when it names one, else ``data.sampler``."""

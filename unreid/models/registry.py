@@ -61,3 +61,17 @@ def _register_builtins() -> None:
     from unreid.models.reid import build_reid_model
 
     register_architecture("reid")(build_reid_model)
+
+
+def takes_ids(module: nn.Module) -> bool:
+    """Whether ``module.forward`` accepts ``camids`` and ``modalities`` keywords (the architecture contract)."""
+    import inspect
+
+    cls = type(module)
+    if cls not in _TAKES_IDS:
+        params = inspect.signature(cls.forward).parameters
+        _TAKES_IDS[cls] = "camids" in params and "modalities" in params
+    return _TAKES_IDS[cls]
+
+
+_TAKES_IDS: dict[type, bool] = {}
