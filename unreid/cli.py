@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model_best.pth / checkpoint_last.pth of a run")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--out", required=True, help="output file (.onnx / .pt); never overwritten")
+    p.add_argument("--onnx-exporter", choices=["auto", "dynamo", "legacy"], default="auto",
+                   help="torch's dynamo exporter (needs onnxscript; auto picks it when installed) or the legacy "
+                        "TorchScript-based one")
     p.add_argument("--config", default=None, help="YAML config (default: the one stored in the checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -362,7 +365,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.model.camera_bn:
         print("warning: model.camera_bn: the export uses the running BN statistics; `unreid extract` re-estimates "
               "each camera's statistics, so the exported features differ from its features", file=sys.stderr)
-    export_model(model, cfg, args.format, out, checkpoint=args.checkpoint)
+    export_model(model, cfg, args.format, out, checkpoint=args.checkpoint, exporter=args.onnx_exporter)
     print(f"wrote {out} ({args.format}; input (B, 3, {cfg.data.height}, {cfg.data.width}) ImageNet-normalised, "
           "output L2-normalised features; preprocessing in its metadata)")
     return 0
