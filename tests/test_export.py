@@ -102,7 +102,7 @@ def test_torchscript_export_gives_pytorch_features(checkpoint, cfg, tmp_path):
     assert np.abs(got - _reference(checkpoint, cfg, x)).max() < 1e-4
     meta = json.loads(extra["unreid.json"])
     assert meta == read_metadata(out) and (meta["height"], meta["width"]) == (64, 32)
-    assert meta["std"] == [0.229, 0.224, 0.225]
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
 
 
 def test_export_never_overwrites_and_bad_inputs(checkpoint, cfg, tmp_path, capsys):

@@ -334,6 +334,16 @@ def test_eval_visualize_draws_best_worst_random(checkpoint, cfg, synthetic_root,
     assert drawn[0]["ap"] >= drawn[1]["ap"] >= drawn[2]["ap"]
     assert drawn[1]["ap"] >= drawn[3]["ap"] >= drawn[2]["ap"]
     assert 100 * drawn[0]["ap"] >= res["mAP"] >= 100 * drawn[2]["ap"]
+    # the market protocol's rank lists leave out the query's identity seen by the query's camera
+    data = build_dataset("synthetic", str(synthetic_root), **{k: getattr(cfg.data.synthetic, k)
+                                                              for k in vars(cfg.data.synthetic)})
+    by_path = {s.path: s for s in data.query + data.gallery}
+    for d in drawn:
+        q = by_path[d["query"]]
+        assert len(d["gallery"]) == 10
+        assert not any(by_path[p].pid == q.pid and by_path[p].camid == q.camid for p in d["gallery"])
+        kept = [s for s in data.gallery if not (s.pid == q.pid and s.camid == q.camid)]
+        assert len(kept) < len(data.gallery)  # there was something to leave out
     # without --visualize the same metrics come out
     assert main(args[:5] + args[7:]) == 0
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

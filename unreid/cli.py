@@ -222,8 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _evaluate_and_draw(model, query, gallery, cfg, device, args) -> tuple[dict, list[dict]]:
     """``evaluate_model``'s metrics, plus rank lists of ``args.visualize`` queries (best, worst, random by AP)
-    drawn with the protocol's camera filter and distance; returns ``(metrics, [{"kind", "query_index",
-    "ap", "ranklist"}])``."""
+    drawn with the protocol's camera filter and distance; returns ``(metrics, [{"kind", "query_index", "query",
+    "ap", "gallery" (the top-10 paths), "ranklist"}])``."""
     import numpy as np
 
     from unreid.engine.trainer import extract
@@ -254,7 +254,8 @@ def _evaluate_and_draw(model, query, gallery, cfg, device, args) -> tuple[dict, 
                        query_pid=int(q_pids[i]), gallery_pids=g_pids[order].tolist(),
                        size=(cfg.data.height, cfg.data.width),
                        title=f"{kind} query {i}: AP {100 * ap[i]:.1f}  ({Path(query[i].path).name})")
-        drawn.append({"kind": kind, "query_index": i, "ap": float(ap[i]), "ranklist": str(png)})
+        drawn.append({"kind": kind, "query_index": i, "query": query[i].path, "ap": float(ap[i]),
+                      "gallery": [gallery[j].path for j in order], "ranklist": str(png)})
     return res, drawn
 
 
