@@ -230,7 +230,7 @@ def test_search_dataset_gallery_has_green_and_red_frames(checkpoint, cfg, synthe
 
 
 @pytest.mark.parametrize("case", ["missing_checkpoint", "other_architecture", "empty_gallery", "no_gallery",
-                                  "unreadable_gallery", "bad_query", "missing_query", "no_config"])
+                                  "unreadable_gallery", "bad_query", "missing_query", "no_config", "out_is_file"])
 def test_bad_inputs_one_line_exit_2(case, checkpoint, gallery, tmp_path, capsys):
     query = _image(tmp_path / "q.png", seed=1)
     out = tmp_path / "out"
@@ -261,6 +261,9 @@ def test_bad_inputs_one_line_exit_2(case, checkpoint, gallery, tmp_path, capsys)
         raw = tmp_path / "raw.pth"
         save_checkpoint({"model": torch.load(checkpoint, weights_only=True)["model"]}, raw)
         ckpt, expect = str(raw), "holds no config"
+    elif case == "out_is_file":
+        out.write_text("mine")
+        expect = "is a file"
     gal_dir = tmp_path / "bad" if case == "unreadable_gallery" else gallery
     before = _listing(gal_dir)
     assert main(["search", "--checkpoint", ckpt, "--gallery", gal, "--query", qry, "--out", str(out), *extra]) == 2
@@ -268,6 +271,19 @@ def test_bad_inputs_one_line_exit_2(case, checkpoint, gallery, tmp_path, capsys)
     assert expect in line, line
     assert _listing(gal_dir) == before
     assert not (out / "gallery_features.npz").exists()
+
+
+def test_unreadable_gallery_images_are_left_out_with_one_warning(checkpoint, gallery, tmp_path, caplog):
+    (gallery / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    query = _image(tmp_path / "q.png", seed=2)
+    out = tmp_path / "out"
+    assert main(["search", "--checkpoint", str(checkpoint), "--gallery", str(gallery), "--query", str(query),
+                 "--topk", "20", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["gallery_size"] == 9 and len(res["queries"][0]["matches"]) == 9
+    assert not any(m["path"].endswith("broken.jpg") for m in res["queries"][0]["matches"])
+    warned = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warned) == 1 and "1 unreadable image(s)" in warned[0] and "broken.jpg" in warned[0]
 
 
 # --- the drawing and query-selection helpers -------------------------------------------------------------

@@ -121,7 +121,9 @@ def onnx_exporter(exporter: str = "auto") -> str:
 def _onnx_export(extractor: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
     """``torch.onnx.export`` of ``extractor`` to ``path``: input ``images``, output ``features``, dynamic batch."""
     with torch.no_grad(), warnings.catch_warnings():
+        # exporter chatter (deprecation of the legacy exporter, constant-folding notes); numbers are tested
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         if onnx_exporter(exporter) == "dynamo":
             torch.onnx.export(extractor, (example,), str(path), input_names=["images"], output_names=["features"],

@@ -325,6 +325,8 @@ def search(checkpoint: str | os.PathLike, gallery: str, query: str, out: str | o
     gal = resolve_images(gallery, cfg, "gallery")
     qry = resolve_images(query, cfg, "query")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; pass a folder (created when missing) for the search results")
     for folder in gal.folders + qry.folders:
         if _inside(out, folder):
             raise InputError(f"--out {out} is inside the input folder {folder}; choose an output folder outside "
