@@ -36,8 +36,6 @@ SEARCH_HELP = (
 )
 #: ``unreid extract --format`` values and the suffix of the main output file
 EXTRACT_FORMATS = {"npz": ".npz", "npy": ".npy", "parquet": ".parquet"}
-#: protocol (``eval.protocol``) -> the camera filter of its rank lists (unreid.evaluation.metrics)
-PROTOCOL_CAMERA_FILTER = {"market": "market", "veri": "market", "regdb": "none", "sysu": "sysu"}
 
 
 def _add_config_args(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -226,24 +224,19 @@ def _evaluate_and_draw(model, query, gallery, cfg, device, args) -> tuple[dict, 
     "ap", "gallery" (the top-10 paths), "ranklist"}])``."""
     import numpy as np
 
-    from unreid.engine.trainer import extract
-    from unreid.evaluation.protocols import PROTOCOLS
-    from unreid.evaluation.rerank import re_ranking
+    from unreid.engine.trainer import evaluate_features, extract
+    from unreid.evaluation.protocols import CAMERA_FILTER, query_gallery_distance
     from unreid.evaluation.visualize import average_precision, draw_rank_list, ranked_gallery, select_queries
 
     t0 = time.time()
     feats = extract(model, list(query) + list(gallery), cfg, device)  # one pass, as evaluate_model
     qf, gf = feats[:len(query)], feats[len(query):]
-    res = PROTOCOLS[cfg.eval.protocol](qf, gf, query, gallery, rerank=cfg.eval.rerank)
-    res = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
+    res = evaluate_features(qf, gf, query, gallery, cfg)
     res["time_s"] = round(time.time() - t0, 2)
-    if cfg.eval.rerank:  # the protocols' distance (unreid.evaluation.protocols)
-        dist = re_ranking((2 - 2 * qf @ gf.T).numpy(), (2 - 2 * qf @ qf.T).numpy(), (2 - 2 * gf @ gf.T).numpy())
-    else:
-        dist = (1 - qf @ gf.T).numpy()
+    dist = query_gallery_distance(qf, gf, cfg.eval.rerank)  # what the protocol ranked by
     q_pids, g_pids = np.array([s.pid for s in query]), np.array([s.pid for s in gallery])
     q_cams, g_cams = np.array([s.camid for s in query]), np.array([s.camid for s in gallery])
-    camera_filter = PROTOCOL_CAMERA_FILTER.get(cfg.eval.protocol, "market")
+    camera_filter = CAMERA_FILTER.get(cfg.eval.protocol, "market")
     ap = average_precision(dist, q_pids, g_pids, q_cams, g_cams, camera_filter)
     out = _fresh_folder(Path(args.vis_out) if args.vis_out else Path(args.checkpoint).parent / "ranklists")
     drawn = []

@@ -316,7 +316,7 @@ def search(checkpoint: str | os.PathLike, gallery: str, query: str, out: str | o
     """
     from unreid.engine.checkpoint import load_trained_model
     from unreid.engine.trainer import resolve_device
-    from unreid.evaluation.rerank import re_ranking
+    from unreid.evaluation.protocols import query_gallery_distance
     from unreid.evaluation.visualize import draw_rank_list
 
     if topk < 1:
@@ -339,12 +339,7 @@ def search(checkpoint: str | os.PathLike, gallery: str, query: str, out: str | o
     model.to(dev)
     gf, g_samples, from_cache = gallery_features(model, gal, cfg, dev, checkpoint, out)
     qf, q_samples = _embed(model, qry.samples, cfg, dev, "query")
-    qg = torch.from_numpy(qf) @ torch.from_numpy(gf).T
-    if rerank:
-        q_, g_ = torch.from_numpy(qf), torch.from_numpy(gf)
-        dist = re_ranking((2 - 2 * qg).numpy(), (2 - 2 * q_ @ q_.T).numpy(), (2 - 2 * g_ @ g_.T).numpy())
-    else:
-        dist = (1 - qg).numpy()
+    dist = query_gallery_distance(torch.from_numpy(qf), torch.from_numpy(gf), rerank)
     known = gal.known_ids
     results = []
     for i, q in enumerate(q_samples):
