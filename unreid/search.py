@@ -297,7 +297,8 @@ def search(checkpoint: str | os.PathLike, gallery: str, query: str, out: str | o
         checkpoint: a ``model_best.pth`` / ``checkpoint_last.pth`` of ``unreid train``.
         gallery, query: see the module docstring ("Inputs").
         out: output folder: ``results.json``, ``ranklists/NNNN_<query name>.png`` and the gallery cache are
-            written there (``results.json`` and the rank lists of a previous search in it are replaced).
+            written there, and only those: a previous search's ``results.json`` and rank lists of the same
+            names are replaced (other files in it are left alone; ``results.json`` names this run's).
         topk: gallery images per query (>= 1; fewer when the gallery is smaller).
         rerank: k-reciprocal re-ranking (module docstring, "Distances").
         config, overrides: the config (default: the checkpoint's) and ``key=value`` overrides.
