@@ -1,10 +1,12 @@
-"""The ``unreid`` command line: ``train``, ``eval``, ``extract``, ``datasets``, ``demo``.
+"""The ``unreid`` command line: ``train``, ``eval``, ``extract``, ``search``, ``export``, ``datasets``, ``demo``.
 
 Every command takes a YAML config (see ``configs/``) and dotted ``key=value`` overrides, e.g.::
 
     unreid train configs/cluster_contrast/market1501.yaml data.root=/data/Market-1501-v15.09.15
     unreid eval  configs/cluster_contrast/market1501.yaml --checkpoint outputs/cc-market/model_best.pth
     unreid extract configs/cluster_contrast/market1501.yaml --checkpoint ckpt.pth --split query --out q.npz
+    unreid search --checkpoint ckpt.pth --gallery market1501:/data/Market --query q.jpg --out search/
+    unreid export --checkpoint ckpt.pth --format onnx --out model.onnx
     unreid datasets
     unreid datasets --check vehicleid /data/VehicleID_V1.0 test_sizes=800 draws=1
     unreid demo
@@ -25,6 +27,16 @@ DEMO_HELP = (
     "--plain runs the published Cluster Contrast recipe instead (on this set it loses cross-camera mAP: "
     "its clusters follow the cameras)."
 )
+
+
+SEARCH_HELP = (
+    "Rank a gallery for query images with a trained model: the top-k gallery images of each query with "
+    "their distances, printed and drawn as rank lists (green / red frames when identities are known). The "
+    "gallery's features are cached in --out and recomputed when the checkpoint or the gallery files change; "
+    "nothing is written into the gallery or query folders."
+)
+#: ``unreid extract --format`` values and the suffix of the main output file
+EXTRACT_FORMATS = {"npz": ".npz", "npy": ".npy", "parquet": ".parquet"}
 
 
 def _add_config_args(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -49,14 +61,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model_best.pth / checkpoint_last.pth of a run")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al., CVPR 2017)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--visualize", type=int, default=0, metavar="K",
+                   help="also draw the rank lists of K queries (the best and worst by AP, and random ones)")
+    p.add_argument("--vis-out", default=None, metavar="DIR",
+                   help="folder for the --visualize PNGs (default: ranklists/ next to the checkpoint; a fresh "
+                        "name is chosen when it exists)")
 
-    p = sub.add_parser("extract", help="write L2-normalised features of a split to an .npz file")
+    p = sub.add_parser("extract", help="write L2-normalised features of a split (.npz, .npy + index, .parquet)")
     _add_config_args(p)
     p.add_argument("--checkpoint", default=None,
                    help="trained weights; without it the (ImageNet) backbone of the config is used")
     p.add_argument("--split", choices=["train", "query", "gallery"], default="query",
                    help="with model.camera_bn, each camera's BN statistics come from this split's images")
-    p.add_argument("--out", required=True, help="output .npz (features, paths, pids, camids); never overwritten")
+    p.add_argument("--out", required=True, help="output file (features, paths, pids, camids); never overwritten")
+    p.add_argument("--format", choices=list(EXTRACT_FORMATS), default="npz",
+                   help="npz: one .npz with features, paths, pids, camids; npy: features .npy (N, d) float32 + "
+                        "<name>.index.csv (row, path, pid, camid); parquet: one row per image with columns "
+                        "path, pid, camid, feature (list<float32>), needs pyarrow")
+
+    p = sub.add_parser("search", help=SEARCH_HELP, description=SEARCH_HELP)
+    p.add_argument("--checkpoint", required=True, help="model_best.pth / checkpoint_last.pth of a run")
+    p.add_argument("--gallery", required=True, metavar="DIR|NAME:ROOT",
+                   help="a folder of images (recursive; identities unknown) or a data set and its root, e.g. "
+                        "market1501:/data/Market-1501 (its gallery split; identities known)")
+    p.add_argument("--query", required=True, metavar="IMG|DIR|NAME:ROOT",
+                   help="an image, a folder of images, or NAME:ROOT (that data set's query split)")
+    p.add_argument("--topk", type=int, default=10, help="gallery images listed per query (default 10)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: results.json, ranklists/*.png and the gallery-feature cache")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (Zhong et al., CVPR 2017)")
+    p.add_argument("--config", default=None, help="YAML config (default: the one stored in the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. device=cpu")
+
+    p = sub.add_parser("export", help="write the feature extractor as ONNX or TorchScript (preprocessing in "
+                                      "its metadata)")
+    p.add_argument("--checkpoint", required=True, help="model_best.pth / checkpoint_last.pth of a run")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--out", required=True, help="output file (.onnx / .pt); never overwritten")
+    p.add_argument("--onnx-exporter", choices=["auto", "dynamo", "legacy"], default="auto",
+                   help="torch's dynamo exporter (needs onnxscript; auto picks it when installed) or the legacy "
+                        "TorchScript-based one")
+    p.add_argument("--config", default=None, help="YAML config (default: the one stored in the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     p = sub.add_parser("datasets", help="list the known datasets and their expected folder layouts, or check "
                                         "a copy against the published counts (--check)")
@@ -136,6 +182,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fresh_folder(path: Path) -> Path:
+    """``path`` when it does not exist, else the first free ``path-2``, ``path-3``, ... (never overwrite)."""
+    if not path.exists():
+        return path
+    i = 2
+    while Path(f"{path}-{i}").exists():
+        i += 1
+    return Path(f"{path}-{i}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from unreid.engine import evaluate_model
     from unreid.engine.hooks import METRIC_KEYS
@@ -144,6 +200,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.rerank:
         cfg.eval.rerank = True
+    if args.visualize < 0:
+        print(f"error: --visualize {args.visualize}: give the number of queries to draw (>= 1)", file=sys.stderr)
+        return 2
     device = _device(cfg.device)
     model = _load_model(args.checkpoint, cfg)
     model.to(device)
@@ -151,9 +210,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not data.query or not data.gallery:
         print(f"error: dataset {cfg.data.name!r} has no query/gallery to evaluate on", file=sys.stderr)
         return 2
-    res = evaluate_model(model, data.query, data.gallery, cfg, device, trials=data.trials)
+    drawn: list[dict] = []
+    if args.visualize:  # rank lists of the default split (the first trial of a multi-trial protocol)
+        res, drawn = _evaluate_and_draw(model, data.query, data.gallery, cfg, device, args)
+    if data.trials or not args.visualize:
+        res = evaluate_model(model, data.query, data.gallery, cfg, device, trials=data.trials)
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps({**res, "ranklists": drawn} if drawn else res))
     else:
         from unreid.evaluation.trials import format_groups
 
@@ -162,7 +225,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table = format_groups(res)
         if table:  # multi-trial protocols: mean ± population std per group; the line above = first group
             print(f"per group, mean ± std (ddof=0) over trials; the line above is the first group:\n{table}")
+        for d in drawn:
+            print(f"  {d['kind']:>6} query {d['query_index']} (AP {100 * d['ap']:.1f}): {d['ranklist']}")
     return 0
+
+
+def _evaluate_and_draw(model, query, gallery, cfg, device, args) -> tuple[dict, list[dict]]:
+    """``evaluate_model``'s metrics, plus rank lists of ``args.visualize`` queries (best, worst, random by AP)
+    drawn with the protocol's camera filter and distance; returns ``(metrics, [{"kind", "query_index", "query",
+    "ap", "gallery" (the top-10 paths), "ranklist"}])``."""
+    import numpy as np
+
+    from unreid.engine.trainer import evaluate_features, extract
+    from unreid.evaluation.protocols import CAMERA_FILTER, query_gallery_distance
+    from unreid.evaluation.visualize import average_precision, draw_rank_list, ranked_gallery, select_queries
+
+    t0 = time.time()
+    feats = extract(model, list(query) + list(gallery), cfg, device)  # one pass, as evaluate_model
+    qf, gf = feats[:len(query)], feats[len(query):]
+    res = evaluate_features(qf, gf, query, gallery, cfg)
+    res["time_s"] = round(time.time() - t0, 2)
+    dist = query_gallery_distance(qf, gf, cfg.eval.rerank)  # what the protocol ranked by
+    q_pids, g_pids = np.array([s.pid for s in query]), np.array([s.pid for s in gallery])
+    q_cams, g_cams = np.array([s.camid for s in query]), np.array([s.camid for s in gallery])
+    camera_filter = CAMERA_FILTER.get(cfg.eval.protocol, "market")
+    ap = average_precision(dist, q_pids, g_pids, q_cams, g_cams, camera_filter)
+    out = _fresh_folder(Path(args.vis_out) if args.vis_out else Path(args.checkpoint).parent / "ranklists")
+    drawn = []
+    for n, (i, kind) in enumerate(select_queries(ap, args.visualize, seed=cfg.seed)):
+        order = ranked_gallery(dist[i], 10, q_pids[i], q_cams[i], g_pids, g_cams, camera_filter)
+        png = out / f"{n:02d}_{kind}_q{i}_{Path(query[i].path).stem}.png"
+        draw_rank_list(query[i].path, [gallery[j].path for j in order], dist[i, order], png,
+                       query_pid=int(q_pids[i]), gallery_pids=g_pids[order].tolist(),
+                       size=(cfg.data.height, cfg.data.width),
+                       title=f"{kind} query {i}: AP {100 * ap[i]:.1f}  ({Path(query[i].path).name})")
+        drawn.append({"kind": kind, "query_index": i, "query": query[i].path, "ap": float(ap[i]),
+                      "gallery": [gallery[j].path for j in order], "ranklist": str(png)})
+    return res, drawn
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -173,12 +272,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from unreid.models import build_model
 
     cfg = _load(args)
+    suffix = EXTRACT_FORMATS[args.format]
     out = Path(args.out)
-    if out.suffix != ".npz":
-        out = out.with_suffix(out.suffix + ".npz")
-    if out.exists():
-        print(f"error: {out} exists; choose another --out (files are never overwritten)", file=sys.stderr)
-        return 2
+    if out.suffix != suffix:
+        out = out.with_suffix(out.suffix + suffix)
+    index = out.with_suffix(".index.csv") if args.format == "npy" else None
+    for path in (out, index):
+        if path is not None and path.exists():
+            print(f"error: {path} exists; choose another --out (files are never overwritten)", file=sys.stderr)
+            return 2
+    if args.format == "parquet":
+        import importlib.util
+
+        if importlib.util.find_spec("pyarrow") is None:
+            print("error: --format parquet needs pyarrow: pip install 'unreid[export]' (or use --format npz / npy)",
+                  file=sys.stderr)
+            return 2
     device = _device(cfg.device)
     model = _load_model(args.checkpoint, cfg) if args.checkpoint else build_model(cfg.model)
     model.to(device)
@@ -186,9 +295,85 @@ def cmd_extract(args: argparse.Namespace) -> int:
     t0 = time.time()
     feats = extract(model, samples, cfg, device).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, features=feats, paths=np.asarray([s.path for s in samples]),
-             pids=np.asarray([s.pid for s in samples]), camids=np.asarray([s.camid for s in samples]))
-    print(f"wrote {out}: {feats.shape[0]} x {feats.shape[1]} features in {time.time() - t0:.1f}s")
+    paths = [s.path for s in samples]
+    pids = np.asarray([s.pid for s in samples], dtype=np.int64)
+    camids = np.asarray([s.camid for s in samples], dtype=np.int64)
+    if args.format == "npz":
+        np.savez(out, features=feats, paths=np.asarray(paths), pids=pids, camids=camids)
+    elif args.format == "npy":
+        write_npy_features(out, index, feats, paths, pids, camids)
+    else:
+        write_parquet_features(out, feats, paths, pids, camids,
+                               {"split": args.split, "checkpoint": args.checkpoint, "dataset": cfg.data.name})
+    extra = f" (+ {index})" if index is not None else ""
+    print(f"wrote {out}{extra}: {feats.shape[0]} x {feats.shape[1]} features in {time.time() - t0:.1f}s")
+    return 0
+
+
+def write_npy_features(out: Path, index: Path, feats, paths, pids, camids) -> None:
+    """``unreid extract --format npy``: ``out`` holds the ``(N, d) float32`` features (``numpy.save``), ``index``
+    a CSV with a header and one row per feature row: ``row`` (0-based), ``path``, ``pid``, ``camid``."""
+    import csv
+
+    import numpy as np
+
+    np.save(out, np.asarray(feats, dtype=np.float32))
+    with open(index, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row", "path", "pid", "camid"])
+        for i, (p, pid, cam) in enumerate(zip(paths, pids, camids)):
+            w.writerow([i, p, int(pid), int(cam)])
+
+
+def write_parquet_features(out: Path, feats, paths, pids, camids, meta: dict) -> None:
+    """``unreid extract --format parquet``: one row per image, columns ``path`` (string), ``pid`` (int64),
+    ``camid`` (int64), ``feature`` (list<float32>, L2-normalised, length d); the schema metadata key
+    ``unreid`` holds JSON with ``feature_dim``, ``normalisation`` ("L2") and ``meta``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    feats = np.asarray(feats, dtype=np.float32)
+    n, d = feats.shape
+    column = pa.ListArray.from_arrays(pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)),
+                                      pa.array(feats.reshape(-1), type=pa.float32()))
+    table = pa.table({"path": pa.array(list(paths), type=pa.string()), "pid": pa.array(pids, type=pa.int64()),
+                      "camid": pa.array(camids, type=pa.int64()), "feature": column})
+    info = {"feature_dim": d, "normalisation": "L2", **meta}
+    table = table.replace_schema_metadata({"unreid": json.dumps(info)})
+    pq.write_table(table, out)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from unreid.search import format_results, search
+
+    res = search(args.checkpoint, args.gallery, args.query, args.out, topk=args.topk, rerank=args.rerank,
+                 config=args.config, overrides=args.overrides or [])
+    print(format_results(res))
+    cached = "from the cache" if res["from_cache"] else "computed and cached"
+    print(f"gallery: {res['gallery_size']} images, features {cached} in {Path(args.out) / 'gallery_features.npz'}; "
+          f"results in {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from unreid.engine.checkpoint import load_trained_model
+    from unreid.export import export_model
+    from unreid.search import InputError, config_for_checkpoint
+
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out} exists; choose another --out (files are never overwritten)")
+    cfg = config_for_checkpoint(args.checkpoint, args.config, args.overrides or [])
+    model, warnings = load_trained_model(args.checkpoint, cfg)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if cfg.model.camera_bn:
+        print("warning: model.camera_bn: the export uses the running BN statistics; `unreid extract` re-estimates "
+              "each camera's statistics, so the exported features differ from its features", file=sys.stderr)
+    export_model(model, cfg, args.format, out, checkpoint=args.checkpoint, exporter=args.onnx_exporter)
+    print(f"wrote {out} ({args.format}; input (B, 3, {cfg.data.height}, {cfg.data.width}) ImageNet-normalised, "
+          "output L2-normalised features; preprocessing in its metadata)")
     return 0
 
 
@@ -303,8 +488,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "extract": cmd_extract, "datasets": cmd_datasets,
-            "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "extract": cmd_extract, "search": cmd_search,
+            "export": cmd_export, "datasets": cmd_datasets, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     from unreid.config import ConfigError
     from unreid.engine.checkpoint import CheckpointError
+    from unreid.search import InputError
 
     parser = build_parser()
     # key=value overrides may also come after the options (``eval CONFIG --checkpoint X key=value``),
@@ -325,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, KeyError, ImportError) as err:
+    except (ConfigError, CheckpointError, InputError, FileNotFoundError, FileExistsError, KeyError,
+            ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -615,11 +615,20 @@ def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample],
     # gallery images together (Zhuang et al. 2020; at most model.camera_bn_images of them, see extract);
     # for a plain model this is the same as two passes.
     feats = extract(model, list(query) + list(gallery), cfg, device, cache, amp)
-    qf, gf = feats[:len(query)], feats[len(query):]
-    res = PROTOCOLS[cfg.eval.protocol](qf, gf, query, gallery, rerank=cfg.eval.rerank)
-    res = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
+    res = evaluate_features(feats[:len(query)], feats[len(query):], query, gallery, cfg)
     res["time_s"] = round(time.time() - t0, 2)
     return res
+
+
+def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, query: list[Sample], gallery: list[Sample],
+                      cfg: Config) -> dict[str, float]:
+    """``cfg.eval.protocol`` (and ``cfg.eval.rerank``) on already extracted features ``qf (Q, d)``, ``gf (G, d)``
+    (L2-normalised, in ``query`` / ``gallery`` order): the metrics of :func:`evaluate_model` as floats,
+    without ``time_s``."""
+    from unreid.evaluation.protocols import PROTOCOLS
+
+    res = PROTOCOLS[cfg.eval.protocol](qf, gf, query, gallery, rerank=cfg.eval.rerank)
+    return {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
 
 
 def load_model_from_checkpoint(path: str | Path, cfg: Config | None = None) -> tuple[nn.Module, Config]:

@@ -53,13 +53,28 @@ def _check(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery:
     return F.normalize(qf.detach().float().cpu(), dim=1), F.normalize(gf.detach().float().cpu(), dim=1)
 
 
-def _evaluate(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
-              camera_filter: str, unique_cmc: bool, rerank: bool) -> dict:
+def query_gallery_distance(qf: torch.Tensor, gf: torch.Tensor, rerank: bool = False) -> np.ndarray:
+    """The distance every protocol ranks by (module docstring, "Distance").
+
+    Args:
+        qf: ``(Q, d)`` float32 L2-normalised query features; gf: ``(G, d)`` gallery features.
+        rerank: k-reciprocal re-ranking of the squared Euclidean distances ``2 - 2 cos`` (query-gallery,
+            query-query, gallery-gallery), as torchreid.
+
+    Returns:
+        ``(Q, G)`` float32 numpy array, smaller = more similar: the cosine distance ``1 - q.g``, or the
+        re-ranked distance.
+    """
+    qf, gf = torch.as_tensor(qf), torch.as_tensor(gf)
     cos_qg = qf @ gf.T
     if rerank:
-        dist = re_ranking((2 - 2 * cos_qg).numpy(), (2 - 2 * qf @ qf.T).numpy(), (2 - 2 * gf @ gf.T).numpy())
-    else:
-        dist = (1 - cos_qg).numpy()
+        return re_ranking((2 - 2 * cos_qg).numpy(), (2 - 2 * qf @ qf.T).numpy(), (2 - 2 * gf @ gf.T).numpy())
+    return (1 - cos_qg).numpy()
+
+
+def _evaluate(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: Sequence[Sample],
+              camera_filter: str, unique_cmc: bool, rerank: bool) -> dict:
+    dist = query_gallery_distance(qf, gf, rerank)
     res = evaluate_rank(
         dist,
         np.array([s.pid for s in query], dtype=np.int64),
@@ -128,4 +143,8 @@ def sysu(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Sample], gallery: S
 PROTOCOLS: dict[str, Callable[..., dict]] = {"market": market, "veri": market, "regdb": regdb, "sysu": sysu,
                                              "vehicleid": vehicleid}
 
-__all__ = ["PROTOCOLS", "market", "regdb", "sysu", "vehicleid"]
+#: protocol name -> the camera filter of :func:`unreid.evaluation.metrics.evaluate_rank` it uses
+CAMERA_FILTER: dict[str, str] = {"market": "market", "veri": "market", "regdb": "none", "sysu": "sysu",
+                                 "vehicleid": "none"}
+
+__all__ = ["CAMERA_FILTER", "PROTOCOLS", "market", "query_gallery_distance", "regdb", "sysu", "vehicleid"]
