@@ -132,3 +132,33 @@ def test_fixed_gem_p_is_a_buffer_not_a_parameter():
     m = build_model(_cfg())
     assert float(m.pool.p) == 3.0 and not isinstance(m.pool.p, torch.nn.Parameter)
     assert "pool.p" not in dict(m.named_parameters()) and "pool.p" in m.state_dict()
+
+
+def test_feature_extraction_routes_each_sample_by_its_modality(tmp_path):
+    """The engine's extraction passes the samples' modalities: infrared samples through the infrared stem."""
+    import numpy as np
+    from PIL import Image
+
+    from unreid.config import Config
+    from unreid.data.datasets.base import Sample
+    from unreid.engine.trainer import extract
+
+    m = build_model(_cfg())
+    m.cfg_backbone = "resnet18"
+    with torch.no_grad():
+        for p in m.infrared_stem.parameters():
+            p.add_(0.1 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
+    m.eval()
+    samples = []
+    for k in range(6):
+        path = tmp_path / f"{k}.jpg"
+        Image.fromarray(np.random.default_rng(k).integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(str(path), k, k % 2, k % 2))  # modalities 0, 1, 0, 1, ...
+    cfg = Config()
+    cfg.data.height, cfg.data.width, cfg.data.workers, cfg.data.cache_images = 64, 32, 0, False
+    f = extract(m, samples, cfg, torch.device("cpu"))
+    f_vis = extract(_single_stream_with(m, "visible"), samples, cfg, torch.device("cpu"))
+    f_ir = extract(_single_stream_with(m, "infrared"), samples, cfg, torch.device("cpu"))
+    torch.testing.assert_close(f[0::2], f_vis[0::2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(f[1::2], f_ir[1::2], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(f[1::2], f_vis[1::2], atol=1e-3)

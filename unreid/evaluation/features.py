@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,8 +20,12 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
             here anyway).
         loader: iterable of dict batches with ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,)`` int64,
             the position of each image in ``loader.dataset`` (other keys such as ``camid`` and
-            ``modality`` are ignored; identities are never read). ``len(loader.dataset)`` gives N. Any
-            sampler order works: row ``index[b]`` of the result receives image ``b``'s feature.
+            ``modality`` are not needed; identities are never read). ``len(loader.dataset)`` gives N. Any
+            sampler order works: row ``index[b]`` of the result receives image ``b``'s feature. When a
+            batch has ``modality`` and ``model.forward`` takes ``modalities`` (every registered
+            architecture), they are passed (``model(x, modalities=...)``): a two-stream model
+            (:mod:`unreid.models.two_stream`) embeds each image through its modality's stem; a
+            single-stream model ignores them.
         device: where the forward passes run.
         amp: float16 autocast, used only when ``device`` is CUDA.
         flip: test-time augmentation: the feature is the sum (equivalently the mean) of the image's and
@@ -43,6 +49,7 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
     model.eval()
     out: torch.Tensor | None = None
     seen = torch.zeros(n, dtype=torch.bool)
+    takes_modalities = "modalities" in inspect.signature(type(model).forward).parameters
     try:
         for batch in loader:
             if "img" not in batch or "index" not in batch:
@@ -51,10 +58,13 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise ValueError(f"extract_features: batch index outside [0, {n}) (len(loader.dataset) = {n})")
             x = batch["img"].to(device, non_blocking=True)
+            kw = {}
+            if takes_modalities and batch.get("modality") is not None:
+                kw["modalities"] = torch.as_tensor(batch["modality"]).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                f = model(x).float()
+                f = model(x, **kw).float()
                 if flip:
-                    f = f + model(torch.flip(x, dims=[3])).float()
+                    f = f + model(torch.flip(x, dims=[3]), **kw).float()
             f = F.normalize(f, dim=1).cpu()
             if out is None:
                 out = torch.zeros(n, f.shape[1], dtype=torch.float32)
