@@ -236,3 +236,40 @@ def test_regdb_swapped_direction_hand_computed(tmp_path):
     assert res["visible_to_thermal/rank1"] == pytest.approx(100.0) and res["visible_to_thermal/mAP"] == pytest.approx(100.0)
     assert res["thermal_to_visible/rank1"] == pytest.approx(50.0) and res["thermal_to_visible/mAP"] == pytest.approx(75.0)
     assert res["mAP"] == pytest.approx(100.0)
+
+
+def test_unreid_eval_runs_every_trial_of_both_search_modes(tmp_path, capsys):
+    """`unreid eval` on a SYSU-MM01 fixture (real images) with an untrained two-stream resnet18: one call,
+    the headline line and a mean ± std row per search mode, 10 trials each."""
+    import json
+
+    from PIL import Image
+
+    from tests.conftest import tiny_overrides
+    from unreid.cli import main
+    from unreid.config import load_config, to_dict
+    from unreid.engine.checkpoint import save_checkpoint
+    from unreid.models import build_model
+
+    root = _tree(tmp_path / "SYSU-MM01")
+    for k, p in enumerate(sorted(root.glob("cam*/*/*.jpg"))):
+        pid = int(p.parent.name)
+        Image.fromarray(np.full((64, 32, 3), (pid * 53 + k * 7) % 255, np.uint8)).save(p)
+    over = tiny_overrides(tmp_path, tmp_path / "run", **{"data.name": "sysu_mm01", "data.root": str(root),
+                                                         "eval.protocol": "sysu", "model.arch": "two_stream",
+                                                         "model.gem_trainable": "false",
+                                                         "data.options.search": "all,indoor"})
+    cfg = load_config(None, over)
+    ckpt = tmp_path / "model_best.pth"
+    save_checkpoint({"format": "unreid-checkpoint-1", "mode": "unsupervised", "config": to_dict(cfg), "epoch": 1,
+                     "model": build_model(cfg.model).state_dict()}, ckpt)
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("name: run\n")
+    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), *over]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sysu_mm01 (sysu protocol): mAP ")
+    assert [line.split("|")[0].strip() for line in out[-2:]] == ["all_search", "indoor_search"]
+    assert all(line.split("|")[1].strip() == "10" and "±" in line for line in out[-2:])
+    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), "--json", *over]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["mAP"] == res["all_search/mAP"] and res["indoor_search/trials"] == 10
