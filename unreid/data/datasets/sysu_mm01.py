@@ -99,14 +99,18 @@ def _files(root: Path, cam: int, pid: int) -> list[Path]:
 
 
 def draw_gallery(root: Path, test_ids: list[int], cameras: tuple[int, ...], trial: int,
-                 shots: int = 1) -> list[Sample]:
+                 shots: int = 1, listing: dict[tuple[int, int], list[Path]] | None = None) -> list[Sample]:
     """One gallery with AGW / MBCCM's seeding (module docstring): ``random.Random(trial)``; ids ascending,
-    cameras in order, files sorted; ``choice`` (``shots == 1``) or ``sample(files, min(shots, n))``."""
+    cameras in order, files sorted; ``choice`` (``shots == 1``) or ``sample(files, min(shots, n))``.
+
+    ``listing`` (optional): ``{(camera, pid): sorted image paths}`` already read, to list each folder once
+    for all trials. Only image files count (:data:`~unreid.data.datasets._util.IMAGE_EXTS`); AGW lists
+    every file of the folder, which is the same on the released data (only ``.jpg``)."""
     rng = random.Random(trial)
     out = []
     for pid in sorted(test_ids):
         for cam in cameras:
-            files = _files(root, cam, pid)
+            files = listing[(cam, pid)] if listing is not None else _files(root, cam, pid)
             if not files:
                 continue
             picks = [rng.choice(files)] if shots == 1 else rng.sample(files, min(shots, len(files)))
@@ -208,11 +212,12 @@ def sysu_mm01(root: str, search: str | list[str] = "all", shots: int = 1, trials
     train = [_sample(r, p, pid, cam) for pid in train_ids for cam in range(1, 7) for p in _files(r, cam, pid)]
     query = [_sample(r, p, pid, cam) for pid in test_ids for cam in INFRARED_CAMERAS for p in _files(r, cam, pid)]
     perm = load_perm(perm_file) if perm_file else None
+    listing = {(c, p): _files(r, c, p) for c in VISIBLE_CAMERAS for p in test_ids}
     out_trials = []
     for mode in modes:
         for t in range(trials):
             if perm is None:
-                gallery = draw_gallery(r, test_ids, GALLERY_CAMERAS[mode], t, shots)
+                gallery = draw_gallery(r, test_ids, GALLERY_CAMERAS[mode], t, shots, listing)
             else:
                 gallery = perm_gallery(r, perm, test_ids, GALLERY_CAMERAS[mode], t, shots)
             out_trials.append(Trial(GROUP_NAMES[mode], t, list(query), gallery))
