@@ -85,7 +85,7 @@ def test_registry_errors_and_descriptions(tmp_path):
     with pytest.raises(ValueError, match=r"accepted: \['trial', 'mode'\]"):
         build_dataset("regdb", str(tmp_path), trail=2)
     assert set(DATASETS) == {"market1501", "dukemtmc", "msmt17", "cuhk03", "veri776", "vehicleid", "veriwild",
-                             "regdb", "folder", "synthetic"}
+                             "regdb", "sysu_mm01", "folder", "synthetic"}
     for name, info in DATASETS.items():
         assert info.name == name and info.description and len(info.layout.strip().splitlines()) >= 2
 

@@ -131,3 +131,75 @@ def test_cross_camera_labels_report_each_cameras_rho_eps():
     assert eps[0] != pytest.approx(eps[1])
     fixed = cross_camera_labels(f, cams, PseudoLabelConfig(k1=6, k2=2, eps=0.6, min_samples=2))
     assert fixed.eps == 0.6 and fixed.report["per_camera_eps"] == {0: 0.6, 1: 0.6}
+
+
+# ----------------------------------------------------------------- each side of the relaxation, by hand
+def _partition(labels: np.ndarray) -> set[frozenset[int]]:
+    return {frozenset(np.flatnonzero(labels == v).tolist()) for v in np.unique(labels)}
+
+
+def test_column_side_relaxation_adds_a_row_at_least_as_close():
+    """a = [(1,0), (0,1)], b = [(1,0), (.95,.31), (.9,.44)] (b normalised: b1 = (.9507, .3102),
+    b2 = (.8984, .4392)). Squared costs: a0 -> (0, 2 - 2(.9507) = .0987, 2 - 2(.8984) = .2032),
+    a1 -> (2, 2 - 2(.3102) = 1.3796, 2 - 2(.4392) = 1.1216).
+    Row assignment: a0-b0 + a1-b2 = 1.1216 (a0-b0 + a1-b1 = 1.3796, a0-b1 + a1-b2 = 1.2203, ...).
+    Rows repeated k = 3 // 2 + 1 = 2 times: b0 -> a0, b1 -> a0, b2 -> a1 (0 + .0987 + 1.1216).
+    Row relaxation: a0 (cost 0) adds nothing, a1 (1.1216) adds no other column (2, 1.3796 > 1.1216).
+    Column relaxation: for (a1, b2) every row with cost[:, b2] <= 1.1216: a0 (.2032) -> a0-b2, the pair
+    only the column side gives."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.95, 0.31], [0.9, 0.44]])
+    expected = np.array([[True, True, True], [False, False, True]])
+    assert (bilateral_cluster_matching(a, b) == expected).all()
+    assert (bilateral_cluster_matching(b, a) == expected.T).all()  # the larger side first: transposed path
+    bare = np.array([[True, True, False], [False, False, True]])  # the three assignments, unrelaxed
+    assert (bilateral_cluster_matching(a, b, relax=False) == bare).all()
+
+
+def test_row_side_relaxation_adds_a_column_at_least_as_close():
+    """a = [(1,0), (.8,.6)], b = [(1,0), (0,1), (-1,0)]. Squared costs: a0 -> (0, 2, 4); a1 -> (.4, .8, 3.6).
+    Row assignment (a has fewer clusters): a0-b0 + a1-b1 = .8 beats a0-b1 + a1-b0 = 2.4. Rows repeated
+    k = 3 // 2 + 1 = 2 times: b0 -> a0 (0), b1 -> a1 (.8), b2 -> a1 (3.6 < 4).
+    Row relaxation of (a1, b1): every column with cost[a1] <= .8 -> b0 (.4): a1-b0, which no assignment
+    and no column relaxation gives (column relaxation of (a0, b0): rows <= 0: a0; of (a1, b1): rows
+    <= .8: a1 (a0 is 2); of (a1, b2): rows <= 3.6: a1 (a0 is 4))."""
+    a = torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    expected = np.array([[True, False, False], [True, True, True]])
+    assert (bilateral_cluster_matching(a, b) == expected).all()
+    assert (bilateral_cluster_matching(b, a) == expected.T).all()
+    assert (bilateral_cluster_matching(a, b, relax=False) == np.array([[True, False, False],
+                                                                       [False, True, True]])).all()
+
+
+def test_relaxation_includes_ties():
+    """a = [(1,0), (0,1)], b = [(1,0), (-1,0)]: squared costs a0 -> (0, 4), a1 -> (2, 2) (an exact tie:
+    both are |(0,1) - (+-1,0)|^2 = 2). Row assignment a0-b0 + a1-b1 = 2 (a0-b1 + a1-b0 = 6); rows
+    repeated twice: b0 -> a0, b1 -> a1 (2 < 4). Relaxing (a1, b1) with <= adds b0 (cost 2 == 2); with a
+    strict < nothing would be added (and not even the assigned pairs)."""
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert (bilateral_cluster_matching(a, b) == np.array([[True, False], [True, True]])).all()
+    assert (bilateral_cluster_matching(a, b, relax=False) == np.array([[True, False], [False, True]])).all()
+
+
+def test_merge_modes_on_the_column_side_example():
+    """The clusters of test_column_side_relaxation_adds_a_row_at_least_as_close as two groups (global ids
+    a0 = 0, a1 = 1, b0 = 2, b1 = 3, b2 = 4):
+    * "relaxed": pairs a0-b0, a0-b1, a0-b2, a1-b2 -> one component {0, 1, 2, 3, 4}, 4 pairs;
+    * "bilateral": a0-b0, a0-b1, a1-b2 -> {0, 2, 3}, {1, 4}, 3 pairs;
+    * "one_to_one": the row assignment a0-b0, a1-b2 -> {0, 2}, {1, 4}, {3}, 2 pairs."""
+    from unreid.pseudo_labels.matching import cluster_matches, merge_matched_clusters
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.95, 0.31], [0.9, 0.44]])
+    groups = [(np.array([0, 1]), a), (np.array([2, 3, 4]), b)]
+    merged, pairs = merge_matched_clusters(5, groups, mode="relaxed")
+    assert pairs == 4 and _partition(merged) == {frozenset({0, 1, 2, 3, 4})}
+    merged, pairs = merge_matched_clusters(5, groups, mode="bilateral")
+    assert pairs == 3 and _partition(merged) == {frozenset({0, 2, 3}), frozenset({1, 4})}
+    merged, pairs = merge_matched_clusters(5, groups, mode="one_to_one")
+    assert pairs == 2 and _partition(merged) == {frozenset({0, 2}), frozenset({1, 4}), frozenset({3})}
+    # the same matches kept as data (MBCCM's use): row-major global pairs
+    assert cluster_matches(groups).tolist() == [[0, 2], [0, 3], [0, 4], [1, 4]]
+    assert cluster_matches(groups, relax=False).tolist() == [[0, 2], [0, 3], [1, 4]]

@@ -121,3 +121,21 @@ def test_training_step_layout_and_updates(synthetic_root, tmp_path):
     bad = dict(batch, modality=batch["modality"].flip(0))
     with pytest.raises(RuntimeError, match="visible images then"):
         method.training_step(bad)
+
+
+def test_published_configs_carry_the_public_codes_values():
+    root = Path(__file__).resolve().parents[1] / "configs" / "mbccm"
+    for name, eps, iters, protocol in (("sysu_mm01", 0.6, 300, "sysu"), ("regdb", 0.3, 100, "regdb")):
+        c = load_config(root / f"{name}.yaml")
+        assert (c.method.name, c.model.arch, c.model.backbone, c.model.gem_trainable) == (
+            "mbccm", "two_stream", "resnet50", False)
+        assert (c.data.height, c.data.width, c.data.num_instances, c.data.batch_size) == (288, 144, 12, 288)
+        assert (c.pseudo_labels.group_by, c.pseudo_labels.association, c.pseudo_labels.eps, c.pseudo_labels.k1,
+                c.pseudo_labels.k2, c.pseudo_labels.min_samples) == ("modality", "matches", eps, 30, 6, 4)
+        m = c.method.mbccm
+        assert (m.stage1_epochs, m.alpha, m.beta, m.cross_momentum, m.clusters_per_step) == (40, 0.9, 0.5, 0.1, 12)
+        assert (c.optim.lr, c.optim.epochs, c.optim.milestones, c.optim.iters, c.optim.amp) == (
+            3.5e-4, 80, [20, 50, 70], iters, False)
+        assert c.eval.protocol == protocol and c.data.name == name
+    cpu = load_config(root / "vi_sim_cuhk03_cpu.yaml")
+    assert cpu.data.batch_size == 2 * cpu.method.mbccm.clusters_per_step * cpu.data.num_instances

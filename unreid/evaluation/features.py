@@ -19,10 +19,13 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
             features (unreid models return L2-normalised features in eval mode; rows are re-normalised
             here anyway).
         loader: iterable of dict batches with ``img`` ``(B, 3, H, W)`` float and ``index`` ``(B,)`` int64,
-            the position of each image in ``loader.dataset``; ``modality`` is passed to a model whose
-            ``forward`` takes ``modalities`` (a two-stream model routes each image to its stem), other keys
-            are ignored and identities are never read. ``len(loader.dataset)`` gives N. Any
-            sampler order works: row ``index[b]`` of the result receives image ``b``'s feature.
+            the position of each image in ``loader.dataset`` (other keys such as ``camid`` and
+            ``modality`` are not needed; identities are never read). ``len(loader.dataset)`` gives N. Any
+            sampler order works: row ``index[b]`` of the result receives image ``b``'s feature. When a
+            batch has ``modality`` and ``model.forward`` takes ``modalities`` (every registered
+            architecture), they are passed (``model(x, modalities=...)``): a two-stream model
+            (:mod:`unreid.models.two_stream`) embeds each image through its modality's stem; a
+            single-stream model ignores them.
         device: where the forward passes run.
         amp: float16 autocast, used only when ``device`` is CUDA.
         flip: test-time augmentation: the feature is the sum (equivalently the mean) of the image's and
@@ -46,6 +49,7 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
     model.eval()
     out: torch.Tensor | None = None
     seen = torch.zeros(n, dtype=torch.bool)
+    takes_modalities = takes_ids(model)
     try:
         for batch in loader:
             if "img" not in batch or "index" not in batch:
@@ -55,8 +59,8 @@ def extract_features(model: nn.Module, loader, device: torch.device | str, amp: 
                 raise ValueError(f"extract_features: batch index outside [0, {n}) (len(loader.dataset) = {n})")
             x = batch["img"].to(device, non_blocking=True)
             kw = {}
-            if "modality" in batch and takes_ids(model):  # a two-stream model picks its stem by modality
-                kw = {"modalities": torch.as_tensor(batch["modality"]).to(device)}
+            if takes_modalities and batch.get("modality") is not None:
+                kw["modalities"] = torch.as_tensor(batch["modality"]).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 f = model(x, **kw).float()
                 if flip:

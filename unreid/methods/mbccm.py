@@ -15,8 +15,8 @@ four cluster memories (:class:`unreid.memory.modality.CrossModalityMemory`). Two
   (:class:`unreid.data.samplers.ModalityPairSampler`).
 
 A batch holds ``P x K`` visible images in two augmented views (``img``, ``img2``) and, aligned with them,
-``P x K`` infrared images (``P = method.mbccm.clusters_per_step``, ``K = data.num_instances``): the batch size is
-``2 P K`` whatever ``data.batch_size`` says. The three feature sets go through the model in one forward pass
+``P x K`` infrared images (``P = method.mbccm.clusters_per_step``, ``K = data.num_instances``): ``data.batch_size``
+must be ``2 P K``. The three feature sets go through the model in one forward pass
 with their modalities (a two-stream model picks each image's stem), as the public code passes both modalities
 through its network at once.
 """
@@ -40,13 +40,16 @@ STAGE1, STAGE2 = "modality_specific", "cross_modality"
 
 
 class TwoViews:
-    """A per-sample transform giving two independently augmented views, ``{"img": t1(x), "img2": t2(x)}``."""
+    """A per-sample transform giving two independently augmented views, ``{"img": t1(x), "img2": t2(x)}``
+    (each pipeline draws its own geometry, as the public code's two visible ``Compose``), or, without
+    ``second``, one view under both keys (infrared images: one view; the key keeps batches collatable)."""
 
-    def __init__(self, first: Any, second: Any) -> None:
+    def __init__(self, first: Any, second: Any = None) -> None:
         self.first, self.second = first, second
 
     def __call__(self, img: Any) -> dict[str, Tensor]:
-        return {"img": self.first(img), "img2": self.second(img)}
+        one = self.first(img)
+        return {"img": one, "img2": one if self.second is None else self.second(img)}
 
 
 @register_method("mbccm")
@@ -55,7 +58,8 @@ class MBCCM(Method):
 
     Raises:
         unreid.config.ConfigError: the pseudo-labels are not formed per modality with matches kept
-            (``pseudo_labels.group_by=modality``, ``association=matches``).
+            (``pseudo_labels.group_by=modality``, ``association=matches``), or ``data.batch_size`` is not
+            ``2 x clusters_per_step x num_instances``.
     """
 
     config_section = "mbccm"
@@ -66,6 +70,10 @@ class MBCCM(Method):
         if self.supervised_labels is None and resolve_grouping(self.cfg) != ("modality", "matches"):
             raise ConfigError("MBCCM clusters each modality on its own and keeps the cross-modality matches: set "
                               "pseudo_labels.group_by=modality and pseudo_labels.association=matches")
+        p, k = int(self.settings.clusters_per_step), int(self.cfg.data.num_instances)
+        if int(self.cfg.data.batch_size) != 2 * p * k:
+            raise ConfigError(f"MBCCM's batch is {p} clusters x {k} images per modality, visible then infrared: set "
+                              f"data.batch_size={2 * p * k} (2 x method.mbccm.clusters_per_step x data.num_instances)")
 
     # ------------------------------------------------------------------ stages, data
     def stages(self) -> list[Stage]:
@@ -82,12 +90,14 @@ class MBCCM(Method):
         return self.stage is not None and self.stage.name == STAGE2
 
     def train_transform(self) -> dict[int, TwoViews]:
-        """Two views per image, per modality. Until the modality augmentations of the public code
-        (``dataset.py``) are in :mod:`unreid.data.transforms`, both views use ``data``'s train augmentation."""
-        from unreid.data.transforms import build_train_transform
+        """The public code's augmentations (``dataset.py``; :func:`unreid.data.transforms.build_modality_transforms`):
+        visible images in two views (view 1: local linear intensity, channel erasing; view 2: channel erasing,
+        ChannelExchange), infrared images in one (channel erasing, adaptive grey)."""
+        from unreid.data.transforms import build_modality_transforms
 
-        t = build_train_transform(self.cfg.data)
-        return {VISIBLE: TwoViews(t, t), INFRARED: TwoViews(t, t)}
+        d = self.cfg.data
+        return {VISIBLE: TwoViews(build_modality_transforms(d, VISIBLE, 1), build_modality_transforms(d, VISIBLE, 2)),
+                INFRARED: TwoViews(build_modality_transforms(d, INFRARED, 1))}
 
     def train_batch_size(self) -> int:
         return 2 * int(self.settings.clusters_per_step) * int(self.cfg.data.num_instances)

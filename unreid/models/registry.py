@@ -10,10 +10,12 @@ the feature ``(B, d)`` float32 the method's losses take (``reid``: L2-normalised
 Cluster Contrast's ``norm=True`` model), in eval mode the L2-normalised retrieval feature.
 
 Built in: ``"reid"`` (:class:`unreid.models.reid.ReIDModel`: backbone -> pooling -> BNNeck, Cluster
-Contrast's ``clustercontrast/models/resnet.py``). A new architecture is one decorated builder::
+Contrast's ``clustercontrast/models/resnet.py``) and ``"two_stream"``
+(:class:`unreid.models.two_stream.TwoStreamModel`: one stem per modality, the rest shared; MBCCM / AGW).
+A new architecture is one decorated builder::
 
-    @register_architecture("two_stream")
-    def build_two_stream(cfg: ModelConfig, init_weights: bool = True) -> nn.Module: ...
+    @register_architecture("my_arch")
+    def build_my_arch(cfg: ModelConfig, init_weights: bool = True) -> nn.Module: ...
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def build_architecture(cfg: ModelConfig, init_weights: bool = True) -> nn.Module
 
 def _register_builtins() -> None:
     from unreid.models.reid import build_reid_model
+    from unreid.models.two_stream import build_two_stream_model
 
     register_architecture("reid")(build_reid_model)
+    register_architecture("two_stream")(build_two_stream_model)
 
 
 def takes_ids(module: nn.Module) -> bool:

@@ -32,6 +32,7 @@ from unreid.data.datasets.market1501 import (
 )
 from unreid.data.datasets.msmt17 import MSMT_LAYOUT, msmt17
 from unreid.data.datasets.regdb import REGDB_LAYOUT, regdb
+from unreid.data.datasets.sysu_mm01 import SYSU_LAYOUT, sysu_mm01
 from unreid.data.datasets.vehicleid import VEHICLEID_LAYOUT, vehicleid
 from unreid.data.datasets.veri776 import VERI_LAYOUT, veri776
 from unreid.data.datasets.veriwild import VERIWILD_LAYOUT, veriwild
@@ -131,6 +132,12 @@ DATASETS: dict[str, DatasetInfo] = {
                     published_source="Lou et al., CVPR 2019; fast-reid fastreid/data/datasets/veriwild.py "
                                      "docstrings; ANCHORS.md \"Evaluation protocols\""),
         DatasetInfo("regdb", "RegDB visible-thermal persons (10 trials, 206 / 206 ids)", REGDB_LAYOUT, regdb),
+        DatasetInfo("sysu_mm01", "SYSU-MM01 visible-infrared persons (4 visible + 2 infrared cameras; 395 / 96 ids; "
+                    "10 gallery trials, all / indoor search)", SYSU_LAYOUT, sysu_mm01,
+                    published={"train": (395, 34167), "all_search": (96, 3803 + 301),
+                               "indoor_search": (96, 3803 + 112)},
+                    published_source="Wu et al., ICCV 2017 (22,258 visible + 11,909 infrared training images; "
+                                     "3,803 infrared queries; single-shot galleries of 301 / 112 images)"),
         DatasetInfo("folder", "any folder of unlabeled images (training only)", FOLDER_LAYOUT, folder),
         DatasetInfo("synthetic", "procedural identities seen by differing cameras (tests, demo)",
                     SYNTHETIC_LAYOUT, synthetic),
