@@ -73,7 +73,7 @@ RESUME_MAY_DIFFER = frozenset({
     "optim.epochs",
     "output_dir", "name",
     "device", "data.root", "data.workers",
-    "log_every", "eval.batch_size", "eval.every",
+    "log_every", "eval.batch_size", "eval.every", "report", "tensorboard",
     "pseudo_labels.on_no_clusters",
 })
 
