@@ -168,7 +168,9 @@ def readme_block(manifest: dict[str, Any], base: Path) -> str:
 
 
 def demo_sentence(demo: dict[str, Any], base: Path) -> str:
-    """The README's demo figures from the archived ``metrics.jsonl`` of an ``unreid demo`` run."""
+    """The README's demo figures from the archived ``metrics.jsonl`` of an ``unreid demo`` run (``demo``: the
+    manifest's entry: ``run``, ``measured`` (when / where / which commit), ``wall`` (false: leave the time out,
+    e.g. for a run on a machine shared with other jobs))."""
     rows = read_metrics(base / demo["run"] / "metrics.jsonl")
     before = next(r for r in rows if r["epoch"] < 0 and r.get("test"))["test"]
     last = [r for r in rows if r["epoch"] >= 0 and r.get("test")][-1]
@@ -178,8 +180,9 @@ def demo_sentence(demo: dict[str, Any], base: Path) -> str:
         and pls[-1].get("ari") is not None else ""
     xcam = (f", cross-camera clusters {100 * pls[0]['cross_camera_ratio']:.0f} % → "
             f"{100 * pls[-1]['cross_camera_ratio']:.0f} %") if pls and pls[-1].get("cross_camera_ratio") is not None else ""
+    timing = f"training epochs {wall:.1f} min, " if demo.get("wall", True) else ""
     return (f"Measured {demo['measured']} (`unreid demo`, archived in `docs/results/{demo['run']}/metrics.jsonl`): "
-            f"training epochs {wall:.1f} min, mAP {before['mAP']:.1f} → {last['test']['mAP']:.1f}, Rank-1 "
+            f"{timing}mAP {before['mAP']:.1f} → {last['test']['mAP']:.1f}, Rank-1 "
             f"{before['rank1']:.1f} → {last['test']['rank1']:.1f}{ari}{xcam}.")
 
 
