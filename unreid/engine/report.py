@@ -148,9 +148,12 @@ def curve_png(title: str, ylabel: str, series: dict[str, tuple[list[int], list[f
 
     fig = Figure(figsize=(6.4, 3.2))
     ax = fig.add_subplot()
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    xs_all = [x for xs, _ in series.values() for x in xs]
+    if xs_all:  # whole epochs, with room for a single point (else matplotlib draws +-0.05 ticks)
+        ax.set_xlim(min(xs_all) - 0.5, max(xs_all) + 0.5)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -178,11 +181,11 @@ def histogram_png(title: str, sizes: np.ndarray | None = None, buckets: dict[str
 
     fig = Figure(figsize=(6.4, 3.2))
     ax = fig.add_subplot()
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if sizes is not None:
         values, counts = np.unique(np.asarray(sizes, dtype=np.int64), return_counts=True)
         ax.bar(values, counts, width=0.8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("cluster size (members)")
     else:
         names = list((buckets or {}).keys())
