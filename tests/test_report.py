@@ -275,3 +275,16 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     decoded, total = int(m.group(1)), int(m.group(2))
     assert total == 6 and decoded == total
     assert "unreid run report" in res.stdout
+
+
+def test_rebuild_from_the_command_line(run, tmp_path, capsys):
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    (folder / REPORT).unlink()
+    assert report_mod.main([str(folder)]) == 0
+    text = (folder / REPORT).read_text()
+    assert "Rebuilt from the run folder." in text and len(_images(text)) == 6
+    assert "(size buckets of metrics.jsonl)" in text  # no trainer: the histogram of the record's buckets
+    assert 'id="environment"' not in text
+    assert report_mod.main([str(tmp_path / "nothing")]) == 2
+    assert "holds no metrics.jsonl" in capsys.readouterr().err
