@@ -1,4 +1,4 @@
-"""Markdown tables for docs/RESULTS.md from the ``metrics.jsonl`` of finished runs.
+"""Markdown tables for the results record (docs/results/*.md) from the ``metrics.jsonl`` of finished runs.
 
 Every number comes from the runs' own ``metrics.jsonl`` (written by ``unreid train``); nothing is
 typed by hand. Usage::

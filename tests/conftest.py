@@ -42,6 +42,9 @@ def tiny_overrides(root, out, **extra) -> list[str]:
         "eval.every": 1,
         "eval.batch_size": 64,
         "device": "cpu",
+        # report.html / TensorBoard cost about 1.5 s a run on 2 cores: off here, on in tests/test_report.py
+        "report": False,
+        "tensorboard": "false",
     }
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]

@@ -314,6 +314,10 @@ class Config:
     seed: int = 1  #: CC seed 1
     device: str = "auto"  #: "auto" | "cpu" | "cuda" | "cuda:N"
     log_every: int = 20
+    #: write ``report.html`` in ``output_dir`` (curves, cluster sizes, config; ``unreid.engine.report``)
+    report: bool = True
+    #: TensorBoard scalars in ``output_dir/tensorboard``: "auto" (when the package is installed) | "true" | "false"
+    tensorboard: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
@@ -371,6 +375,9 @@ def validate(cfg: Config) -> Config:
     b = cfg.model.backbone
     if b not in BACKBONE_NAMES and not (b.startswith("timm:") and len(b) > len("timm:")):
         raise ConfigError(f"model.backbone={b!r} is not one of {list(BACKBONE_NAMES)} or timm:<name>")
+    cfg.tensorboard = str(cfg.tensorboard).lower()  # YAML / overrides give true -> "True"
+    if cfg.tensorboard not in ("auto", "true", "false"):
+        raise ConfigError(f"tensorboard={cfg.tensorboard!r} is not one of ['auto', 'false', 'true']")
     if not _DEVICE.fullmatch(cfg.device):
         raise ConfigError(f"device={cfg.device!r} is not one of auto, cpu, mps, cuda, cuda:N")
     d = cfg.data

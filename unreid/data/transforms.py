@@ -21,7 +21,7 @@ rectangle grey (their RGPR / LGT, probability 0.4 in the README, the rectangle d
 erasing's area 2-40 % and aspect ratio [0.3, 1/0.3]). Both sit before normalisation and random
 erasing, as in their code (PIL-level transforms). Meant for cameras that differ in colour balance, so
 the network cannot rely on colour alone; measured *lower* on cuhk03-detected at the 8-epoch CPU budget
-(docs/RESULTS.md; Gong et al. train longer with it). Deviation: the rectangle's aspect ratio is drawn
+(docs/results/cuhk03-detected.md; Gong et al. train longer with it). Deviation: the rectangle's aspect ratio is drawn
 log-uniformly (as torchvision's random erasing), theirs uniformly.
 
 Test: Resize((H, W), bicubic) -> Normalize (CC ``get_test_loader``).

@@ -14,7 +14,9 @@ calls every hook's method of that name, in ascending :attr:`Hook.priority` (ties
 The built-in phases are hooks: :class:`LabelHook` (features -> pseudo-labels -> memories, the quality
 report), :class:`LRSchedulerHook`, :class:`EvaluationHook` (test split, validation split, the
 before-training evaluation) and :class:`CheckpointHook` (the epoch's commit: checkpoint, best model,
-``metrics.jsonl``). A user hook subclasses :class:`Hook` (priority 50: after labelling, and after the
+``metrics.jsonl``). After the commit, :class:`unreid.engine.report.ReportHook` and
+:class:`~unreid.engine.report.TensorBoardHook` (priority 45; config keys ``report`` / ``tensorboard``)
+write ``report.html`` and the TensorBoard scalars. A user hook subclasses :class:`Hook` (priority 50: after labelling, and after the
 epoch's commit) and reads ``trainer.record``, the epoch's ``metrics.jsonl`` record.
 """
 
@@ -39,7 +41,7 @@ class Hook:
 
     Attributes:
         priority: lower runs first at every boundary; built-ins: labelling 10, LR 20, evaluation 30,
-            checkpoint 40; user hooks default to 50, so their ``after_epoch`` sees the committed epoch
+            checkpoint 40, report / TensorBoard 45; user hooks default to 50, so their ``after_epoch`` sees the committed epoch
             (give a hook a priority below 40 to add to the record before it is written).
     """
 

@@ -8,6 +8,8 @@ A run's folder (``output_dir``) holds:
 ``model_best.pth``     the selected model (``eval.select``); derived from a checkpoint
 ``metrics.jsonl``      one JSON record per epoch (and one before training); derived from a checkpoint
 ``train.log``          the log (appended; not part of the run's state)
+``report.html``        the run report, rewritten from the files above (``unreid.engine.report``; not state)
+``tensorboard/``       TensorBoard scalars with ``tensorboard`` installed (not part of the run's state)
 =====================  ========================================================================
 
 **One commit point per epoch.** :meth:`RunDir.commit` writes ``checkpoint_last.pth`` atomically with
@@ -73,7 +75,7 @@ RESUME_MAY_DIFFER = frozenset({
     "optim.epochs",
     "output_dir", "name",
     "device", "data.root", "data.workers",
-    "log_every", "eval.batch_size", "eval.every",
+    "log_every", "eval.batch_size", "eval.every", "report", "tensorboard",
     "pseudo_labels.on_no_clusters",
 })
 

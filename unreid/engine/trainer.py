@@ -147,7 +147,11 @@ class Trainer:
         resume: bool | str | Path = False,
         overwrite: bool = False,
     ) -> None:
+        from unreid.engine.report import report_hooks
+
         self.cfg = cfg
+        #: report.html / TensorBoard (unreid.engine.report), from cfg.report / cfg.tensorboard; checked first
+        self.report_hooks = report_hooks(cfg)
         self.supervised = bool(cfg.method.supervised)
         self.output_dir = self._output_dir(cfg)
         # --- run folder (unreid.engine.rundir): before anything is written, refuse a folder holding a run,
@@ -237,7 +241,8 @@ class Trainer:
         self.epoch = 0
         self.record: dict[str, Any] = {}
         self.epoch_start = time.time()
-        self.hooks = sorted([LabelHook(), LRSchedulerHook(), EvaluationHook(), CheckpointHook(), *self.user_hooks],
+        self.hooks = sorted([LabelHook(), LRSchedulerHook(), EvaluationHook(), CheckpointHook(), *self.report_hooks,
+                             *self.user_hooks],
                             key=lambda h: h.priority)
 
         self.run.start(cfg)  # config.yaml, atomically (unreid.engine.rundir)

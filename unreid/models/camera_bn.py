@@ -181,7 +181,7 @@ def estimate_statistics(model: nn.Module, batches, seed: int = 0) -> int:
     RNG state, so the estimate is deterministic and the caller's random streams are untouched (ours:
     the reference's ResNet has no stochastic parts). Measured alternative, not kept: only the BN
     layers in train mode (no drop connect; the "variance shift" view of Li et al., CVPR 2019) gave
-    0.0-0.3 lower test mAP on ten cuhk03-detected checkpoints and trained a lower run (docs/RESULTS.md).
+    0.0-0.3 lower test mAP on ten cuhk03-detected checkpoints and trained a lower run (docs/results/cuhk03-detected.md).
 
     Args:
         model: with camera BN layers; the train/eval mode of all its modules is restored on return.
