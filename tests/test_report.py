@@ -58,10 +58,11 @@ def test_report_is_self_contained_with_figures_config_and_environment(run):
     images = _images(text)
     alts = [a for a, _ in images]
     # retrieval, losses, clusters, outliers, NMI / ARI (synthetic ids are known), cluster-size histogram
-    assert len(images) == 6, alts
+    assert len(images) == 6 + 3, alts  # six figures, three rank lists (report_ranklists)
     assert any("Retrieval" in a for a in alts) and any("Loss" in a for a in alts)
     assert any("true training identities" in a for a in alts)
-    assert all(im.size == (640, 320) for _, im in images)
+    figures = _images(text.split('id="ranklists"')[0])  # the rank lists come after the figures
+    assert len(figures) == 6 and all(im.size == (640, 320) for _, im in figures)
     # a drawn figure, not a blank canvas
     assert all(len(set(np.asarray(im.convert("L")).ravel().tolist())) > 10 for _, im in images)
     # nothing the page would fetch: no src / href other than inline data
@@ -128,13 +129,24 @@ def test_curves_by_hand():
 def test_ranklist_pngs_are_inlined(run, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(run, folder)
-    (folder / "ranklists").mkdir()
+    (folder / "ranklists").mkdir(exist_ok=True)
     buf = io.BytesIO()
     Image.new("RGB", (50, 20), (200, 10, 10)).save(buf, format="PNG")
     (folder / "ranklists" / "query_0003.png").write_bytes(buf.getvalue())
     text = build_report(folder)
     assert base64.b64encode(buf.getvalue()).decode() in text
     assert "query_0003.png" in text.split('id="ranklists"')[1]
+
+
+def test_the_run_draws_rank_lists_of_the_trained_model_into_its_report(run):
+    pngs = sorted((run / "ranklists").glob("*.png"))
+    assert len(pngs) == 3  # report_ranklists: 3 (best, worst, random)
+    kinds = [p.name.split("_")[1] for p in pngs]
+    assert kinds == ["best", "worst", "random"]
+    section = (run / "report.html").read_text().split('id="ranklists"')[1]
+    for p in pngs:
+        assert p.name in section
+        assert base64.b64encode(p.read_bytes()).decode() in section
 
 
 def test_supervised_banner(tmp_path):
@@ -273,7 +285,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     m = re.search(r'data-decoded="(\d+)/(\d+)"', res.stdout)
     assert m, f"the page did not load in {browser}: {res.stdout[:500]} {res.stderr[-1000:]}"
     decoded, total = int(m.group(1)), int(m.group(2))
-    assert total == 6 and decoded == total
+    assert total == 6 + 3 and decoded == total  # six figures, three rank lists
     assert "unreid run report" in res.stdout
 
 
@@ -283,7 +295,7 @@ def test_rebuild_from_the_command_line(run, tmp_path, capsys):
     (folder / REPORT).unlink()
     assert report_mod.main([str(folder)]) == 0
     text = (folder / REPORT).read_text()
-    assert "Rebuilt from the run folder." in text and len(_images(text)) == 6
+    assert "Rebuilt from the run folder." in text and len(_images(text)) == 6 + 3
     assert "(size buckets of metrics.jsonl)" in text  # no trainer: the histogram of the record's buckets
     assert 'id="environment"' not in text
     assert report_mod.main([str(tmp_path / "nothing")]) == 2

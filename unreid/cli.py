@@ -234,33 +234,17 @@ def _evaluate_and_draw(model, query, gallery, cfg, device, args) -> tuple[dict, 
     """``evaluate_model``'s metrics, plus rank lists of ``args.visualize`` queries (best, worst, random by AP)
     drawn with the protocol's camera filter and distance; returns ``(metrics, [{"kind", "query_index", "query",
     "ap", "gallery" (the top-10 paths), "ranklist"}])``."""
-    import numpy as np
-
     from unreid.engine.trainer import evaluate_features, extract
-    from unreid.evaluation.protocols import CAMERA_FILTER, query_gallery_distance
-    from unreid.evaluation.visualize import average_precision, draw_rank_list, ranked_gallery, select_queries
+    from unreid.evaluation.visualize import draw_rank_lists
 
     t0 = time.time()
     feats = extract(model, list(query) + list(gallery), cfg, device)  # one pass, as evaluate_model
     qf, gf = feats[:len(query)], feats[len(query):]
     res = evaluate_features(qf, gf, query, gallery, cfg)
     res["time_s"] = round(time.time() - t0, 2)
-    dist = query_gallery_distance(qf, gf, cfg.eval.rerank)  # what the protocol ranked by
-    q_pids, g_pids = np.array([s.pid for s in query]), np.array([s.pid for s in gallery])
-    q_cams, g_cams = np.array([s.camid for s in query]), np.array([s.camid for s in gallery])
-    camera_filter = CAMERA_FILTER.get(cfg.eval.protocol, "market")
-    ap = average_precision(dist, q_pids, g_pids, q_cams, g_cams, camera_filter)
     out = _fresh_folder(Path(args.vis_out) if args.vis_out else Path(args.checkpoint).parent / "ranklists")
-    drawn = []
-    for n, (i, kind) in enumerate(select_queries(ap, args.visualize, seed=cfg.seed)):
-        order = ranked_gallery(dist[i], 10, q_pids[i], q_cams[i], g_pids, g_cams, camera_filter)
-        png = out / f"{n:02d}_{kind}_q{i}_{Path(query[i].path).stem}.png"
-        draw_rank_list(query[i].path, [gallery[j].path for j in order], dist[i, order], png,
-                       query_pid=int(q_pids[i]), gallery_pids=g_pids[order].tolist(),
-                       size=(cfg.data.height, cfg.data.width),
-                       title=f"{kind} query {i}: AP {100 * ap[i]:.1f}  ({Path(query[i].path).name})")
-        drawn.append({"kind": kind, "query_index": i, "query": query[i].path, "ap": float(ap[i]),
-                      "gallery": [gallery[j].path for j in order], "ranklist": str(png)})
+    drawn = draw_rank_lists(qf, gf, query, gallery, args.visualize, out, protocol=cfg.eval.protocol,
+                            rerank=cfg.eval.rerank, seed=cfg.seed, size=(cfg.data.height, cfg.data.width))
     return res, drawn
 
 

@@ -316,6 +316,9 @@ class Config:
     log_every: int = 20
     #: write ``report.html`` in ``output_dir`` (curves, cluster sizes, config; ``unreid.engine.report``)
     report: bool = True
+    #: rank lists of this many test queries (best, worst, random by AP) drawn at the end of training into
+    #: ``output_dir/ranklists`` and shown in the report (one more feature extraction of query + gallery); 0 = none
+    report_ranklists: int = 3
     #: TensorBoard scalars in ``output_dir/tensorboard``: "auto" (when the package is installed) | "true" | "false"
     tensorboard: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
@@ -469,6 +472,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{name}.betas must be two numbers in [0, 1), got {list(n.betas)}")
         if n.milestones and list(n.milestones) != sorted(set(n.milestones)):
             raise ConfigError(f"{name}.milestones must be increasing epochs, got {list(n.milestones)}")
+    if cfg.report_ranklists < 0:
+        raise ConfigError(f"report_ranklists must be >= 0 (0 = no rank lists), got {cfg.report_ranklists}")
     if cfg.eval.every < 1:
         raise ConfigError(f"eval.every must be >= 1, got {cfg.eval.every}")
     if cfg.eval.select == "val" and not 0.0 < cfg.eval.val_fraction < 1.0:

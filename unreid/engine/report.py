@@ -423,11 +423,32 @@ class ReportHook(Hook):
         except Exception as err:  # the report must never stop training
             log.warning("report.html not written: %s: %s", type(err).__name__, err)
 
+    def _ranklists(self, trainer: Trainer) -> None:
+        """``cfg.report_ranklists`` rank lists of the trained model on the data set's query / gallery, into
+        ``<output_dir>/ranklists`` (:func:`unreid.evaluation.visualize.draw_rank_lists`; the same names on a
+        rerun are replaced, nothing else there is touched). Failures are warnings."""
+        try:
+            k, data, cfg = int(trainer.cfg.report_ranklists), trainer.data, trainer.cfg
+            if k <= 0 or not data.query or not data.gallery:
+                return
+            from unreid.evaluation.visualize import draw_rank_lists
+            from unreid.rng import preserved_rng
+
+            query, gallery = list(data.query), list(data.gallery)
+            with preserved_rng(trainer.device):
+                feats = trainer.extract(query + gallery)
+            draw_rank_lists(feats[:len(query)], feats[len(query):], query, gallery, k,
+                            trainer.output_dir / RANKLISTS, protocol=cfg.eval.protocol, rerank=cfg.eval.rerank,
+                            seed=cfg.seed, size=(cfg.data.height, cfg.data.width))
+        except Exception as err:  # the report must never stop training
+            log.warning("rank lists not drawn: %s: %s", type(err).__name__, err)
+
     def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if time.monotonic() - self._last >= self.min_interval_s and not trainer.is_last_epoch:
             self._write(trainer, f"Training: {trainer.state.epoch} of {trainer.total_epochs} epochs done.")
 
     def after_train(self, trainer: Trainer) -> None:
+        self._ranklists(trainer)
         self._write(trainer, f"Training finished: {trainer.state.epoch} of {trainer.total_epochs} epochs.")
         log.info("report: %s", trainer.output_dir / REPORT)
 

@@ -75,7 +75,7 @@ RESUME_MAY_DIFFER = frozenset({
     "optim.epochs",
     "output_dir", "name",
     "device", "data.root", "data.workers",
-    "log_every", "eval.batch_size", "eval.every", "report", "tensorboard",
+    "log_every", "eval.batch_size", "eval.every", "report", "report_ranklists", "tensorboard",
     "pseudo_labels.on_no_clusters",
 })
 

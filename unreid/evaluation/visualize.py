@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -227,3 +228,45 @@ def select_queries(ap: np.ndarray, k: int, seed: int = 0) -> list[tuple[int, str
 
 
 __all__ = ["average_precision", "draw_rank_list", "ranked_gallery", "select_queries"]
+
+
+def draw_rank_lists(qf: Any, gf: Any, query: Sequence[Any], gallery: Sequence[Any], k: int,
+                    out_dir: str | os.PathLike, protocol: str = "market", rerank: bool = False, seed: int = 0,
+                    size: tuple[int, int] = (128, 64), topk: int = 10) -> list[dict]:
+    """Rank lists of ``k`` queries (:func:`select_queries`: best, worst and random by AP) drawn as PNGs in
+    ``out_dir`` with the protocol's distance and camera filter (what ``unreid eval --visualize`` and the run
+    report show).
+
+    Args:
+        qf, gf: ``(Q, d)`` / ``(G, d)`` float features in ``query`` / ``gallery`` order.
+        query, gallery: the samples (``path``, ``pid``, ``camid``).
+        k: queries to draw (>= 1).
+        out_dir: created if missing; files ``NN_<kind>_q<index>_<name>.png``.
+        protocol: ``eval.protocol`` (its camera filter, :data:`unreid.evaluation.protocols.CAMERA_FILTER`).
+        rerank: k-reciprocal re-ranking of the distances.
+        seed: of the random picks.
+        size: ``(H, W)`` of a tile.
+        topk: gallery entries per list.
+
+    Returns:
+        ``[{"kind", "query_index", "query", "ap", "gallery" (the top-k paths), "ranklist" (the PNG path)}]``.
+    """
+    from unreid.evaluation.protocols import CAMERA_FILTER, query_gallery_distance
+
+    dist = query_gallery_distance(qf, gf, rerank)
+    q_pids, g_pids = np.array([s.pid for s in query]), np.array([s.pid for s in gallery])
+    q_cams, g_cams = np.array([s.camid for s in query]), np.array([s.camid for s in gallery])
+    camera_filter = CAMERA_FILTER.get(protocol, "market")
+    ap = average_precision(dist, q_pids, g_pids, q_cams, g_cams, camera_filter)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for n, (i, kind) in enumerate(select_queries(ap, k, seed=seed)):
+        order = ranked_gallery(dist[i], topk, q_pids[i], q_cams[i], g_pids, g_cams, camera_filter)
+        png = out / f"{n:02d}_{kind}_q{i}_{Path(query[i].path).stem}.png"
+        draw_rank_list(query[i].path, [gallery[j].path for j in order], dist[i, order], png,
+                       query_pid=int(q_pids[i]), gallery_pids=g_pids[order].tolist(), size=size,
+                       title=f"{kind} query {i}: AP {100 * ap[i]:.1f}  ({Path(query[i].path).name})")
+        drawn.append({"kind": kind, "query_index": i, "query": query[i].path, "ap": float(ap[i]),
+                      "gallery": [gallery[j].path for j in order], "ranklist": str(png)})
+    return drawn
