@@ -10,6 +10,10 @@ Every command takes a YAML config (see ``configs/``) and dotted ``key=value`` ov
     unreid datasets
     unreid datasets --check vehicleid /data/VehicleID_V1.0 test_sizes=800 draws=1
     unreid demo
+
+On several GPUs or machines, ``torchrun`` starts one process per GPU (docs/DISTRIBUTED.md)::
+
+    torchrun --nproc_per_node 4 -m unreid train configs/cluster_contrast/market1501.yaml
 """
 
 from __future__ import annotations
@@ -163,6 +167,15 @@ def _run_state(trainer) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from unreid.engine import dist
+
+    try:
+        return _train(args)
+    finally:
+        dist.cleanup()  # under torchrun: leave the process group
+
+
+def _train(args: argparse.Namespace) -> int:
     from unreid.engine import Trainer, TrainingStopped
 
     cfg = _load(args)
@@ -171,11 +184,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         record = trainer.train()
     except TrainingStopped as err:
-        print(f"training stopped: {err}\n{_run_state(trainer)}", file=sys.stderr)
+        if _is_main_process():
+            print(f"training stopped: {err}\n{_run_state(trainer)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"interrupted; {_run_state(trainer)}", file=sys.stderr)
         return 130
+    if not _is_main_process():
+        return 0
     print(f"outputs: {trainer.output_dir}  (metrics.jsonl, train.log, checkpoint_last.pth, model_best.pth)")
     if record.get("test"):
         print(json.dumps({"mode": trainer.mode, "epoch": record["epoch"], **record["test"]}))
@@ -190,6 +206,13 @@ def _fresh_folder(path: Path) -> Path:
     while Path(f"{path}-{i}").exists():
         i += 1
     return Path(f"{path}-{i}")
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (``RANK`` unset or 0): the process that prints."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -498,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, InputError, FileNotFoundError, FileExistsError, KeyError,
             ImportError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
+        if _is_main_process():  # under torchrun every rank raises the same error: rank 0 prints it
+            print(f"error: {msg}", file=sys.stderr)
         return 2
     except Exception as err:
         from unreid.engine import TrainingStopped

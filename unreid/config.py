@@ -306,6 +306,28 @@ class EvalConfig:
 
 
 @dataclass
+class DistConfig:
+    """Multi-process training under ``torchrun`` and the batch-norm grouping of multi-GPU recipes
+    (docs/DISTRIBUTED.md; :mod:`unreid.engine.dist`, :mod:`unreid.models.batch_norm`).
+
+    ``data.batch_size`` stays the **global** batch: each of the W processes trains on ``batch_size / W``.
+    """
+
+    #: "local": each process's BN normalises its own share of the batch (nn.DataParallel's per-GPU BN, with
+    #: which Cluster Contrast / HHCL were published on 4 GPUs) | "sync": torch SyncBatchNorm over the global
+    #: batch (CUDA only; what one GPU with the whole batch computes)
+    batch_norm: str = "local"
+    #: > 0: BN statistics per consecutive group of this many images within a process's batch (ghost BN; the
+    #: running statistics from the first group, as DataParallel keeps replica 0's). CC/HHCL's 4-GPU batch of
+    #: 256 = 4 x 64: bn_group_size=64 reproduces it on 1 or 2 GPUs. 0 = the whole local batch. Also in one process
+    bn_group_size: int = 0
+    #: DDP's find_unused_parameters: needed only by a model with parameters that a step does not use
+    find_unused_parameters: bool = False
+    #: collective timeout (minutes): rank 0 clusters alone while the other processes wait
+    timeout_min: float = 30.0
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -327,6 +349,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 #: backbone names ``unreid.models.reid.build_backbone`` builds, besides ``timm:<name>``: the keys of
@@ -359,6 +382,7 @@ _CHOICES = {
     "optim.optimizer": {"adam", "sgd"},
     "eval.protocol": {"market", "veri", "regdb", "sysu", "vehicleid"},
     "eval.select": {"last", "val"},
+    "dist.batch_norm": {"local", "sync"},  # unreid.models.batch_norm.BATCH_NORM_MODES
 }
 
 
@@ -474,6 +498,16 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{name}.milestones must be increasing epochs, got {list(n.milestones)}")
     if cfg.report_ranklists < 0:
         raise ConfigError(f"report_ranklists must be >= 0 (0 = no rank lists), got {cfg.report_ranklists}")
+    ds = cfg.dist
+    if ds.bn_group_size < 0 or ds.timeout_min <= 0:
+        raise ConfigError(f"dist: need bn_group_size >= 0 and timeout_min > 0 (got {ds.bn_group_size}, "
+                          f"{ds.timeout_min})")
+    if ds.bn_group_size > 0 and ds.batch_norm == "sync":
+        raise ConfigError("dist.batch_norm=sync normalises over the whole global batch; dist.bn_group_size="
+                          f"{ds.bn_group_size} asks for groups: set one of them only")
+    if ds.bn_group_size > 0 and cfg.model.camera_bn:
+        raise ConfigError("dist.bn_group_size cannot be combined with model.camera_bn=true (camera BN already "
+                          "splits the batch by camera): set dist.bn_group_size=0")
     if cfg.eval.every < 1:
         raise ConfigError(f"eval.every must be >= 1, got {cfg.eval.every}")
     if cfg.eval.select == "val" and not 0.0 < cfg.eval.val_fraction < 1.0:

@@ -77,6 +77,7 @@ RESUME_MAY_DIFFER = frozenset({
     "device", "data.root", "data.workers",
     "log_every", "eval.batch_size", "eval.every", "report", "report_ranklists", "tensorboard",
     "pseudo_labels.on_no_clusters",
+    "dist.timeout_min", "dist.find_unused_parameters",
 })
 
 

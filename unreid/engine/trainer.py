@@ -23,16 +23,23 @@ others are frozen), which optimisers step, the sampler, whether the schedules re
 restores every named module, optimiser, scheduler, the scaler, the method's labels and memories, the
 RNG states and the epoch counter, so a resumed run continues exactly as an uninterrupted one would,
 also across a stage boundary.
+
+Under ``torchrun`` (docs/DISTRIBUTED.md; :mod:`unreid.engine.dist`) the same loop runs in every process:
+``data.batch_size`` is the global batch, each rank trains on its contiguous share through DDP, features
+are extracted in shards and gathered, labels are made on rank 0 and broadcast, each step's per-sample
+tensors are gathered before the memory updates, and only rank 0 writes the run folder and logs.
+Without a process group every one of these is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from unreid.config import Config, from_dict, to_dict
+from unreid.config import Config, ConfigError, from_dict, to_dict
 from unreid.data.datasets.base import ReIDData, Sample, Trial
+from unreid.engine import dist
 from unreid.engine.checkpoint import load_checkpoint, rng_state, set_rng_state, to_tensors
 from unreid.engine.hooks import CheckpointHook, EvaluationHook, Hook, LabelHook, LRSchedulerHook
 from unreid.engine.optim import Optimizers
@@ -154,11 +162,24 @@ class Trainer:
         self.report_hooks = report_hooks(cfg)
         self.supervised = bool(cfg.method.supervised)
         self.output_dir = self._output_dir(cfg)
+        # --- processes (torchrun): a no-op in a single process
+        dist.setup(cfg.device, cfg.dist.timeout_min)
+        self.world_size = dist.world_size()
+        if cfg.data.batch_size % self.world_size:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} (the global batch) is not divisible by the "
+                              f"{self.world_size} processes; choose a multiple of the process count")
+        #: images per process and step (``data.batch_size`` is the global batch)
+        self.local_batch = cfg.data.batch_size // self.world_size
         # --- run folder (unreid.engine.rundir): before anything is written, refuse a folder holding a run,
-        # move it aside (--overwrite), or check this config against the run's (--resume)
+        # move it aside (--overwrite), or check this config against the run's (--resume); rank 0 only
         self.run = RunDir(self.output_dir)
-        self.run.prepare(cfg, resume=resume, overwrite=overwrite)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        def prepare() -> Path | None:
+            self.run.prepare(cfg, resume=resume, overwrite=overwrite)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            return self.run.resume_from
+
+        self.run.resume_from = dist.run_on_main(prepare)
         self._setup_logging()
         for note in self.run.notes:
             log.warning("%s", note)
@@ -166,7 +187,15 @@ class Trainer:
         if self.supervised:
             log.warning(SUPERVISED_BANNER)
         seed_everything(cfg.seed)
-        self.device = resolve_device(cfg.device)
+        self.device = dist.rank_device(resolve_device(cfg.device))
+        if dist.is_dist():
+            log.info("distributed: %d processes (backend %s), global batch %d = %d per process, batch norm %s%s",
+                     self.world_size, torch.distributed.get_backend(), cfg.data.batch_size, self.local_batch,
+                     cfg.dist.batch_norm, f", groups of {cfg.dist.bn_group_size}" if cfg.dist.bn_group_size else "")
+            if self.local_batch % cfg.data.num_instances:
+                log.warning("the %d images per process are not a multiple of data.num_instances=%d: a pseudo-identity's "
+                            "images may be split between two processes (as nn.DataParallel would split them)",
+                            self.local_batch, cfg.data.num_instances)
         self.user_hooks = list(hooks or [])
         self.state = TrainState()
 
@@ -210,7 +239,17 @@ class Trainer:
             log.info("decoded %d images into memory in %.1fs (%d unreadable)", len(all_samples),
                      time.time() - t0, getattr(self.cache, "num_failed", 0))
 
-        self.model = build_model(cfg.model).to(self.device)
+        from unreid.models.batch_norm import apply_batch_norm
+
+        self.model = build_model(cfg.model)
+        try:
+            apply_batch_norm(self.model, cfg.dist.batch_norm, cfg.dist.bn_group_size, dist.is_dist(), self.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if cfg.dist.bn_group_size and self.local_batch % cfg.dist.bn_group_size:
+            raise ConfigError(f"dist.bn_group_size={cfg.dist.bn_group_size} does not divide the {self.local_batch} "
+                              "images each process trains on (data.batch_size / processes)")
+        self.model = self.model.to(self.device)
         self.method = build_method(
             cfg, self.model, hidden,
             supervised_labels=gt if self.supervised else None,
@@ -245,7 +284,15 @@ class Trainer:
                              *self.user_hooks],
                             key=lambda h: h.priority)
 
-        self.run.start(cfg)  # config.yaml, atomically (unreid.engine.rundir)
+        #: DDP wrappers of the trained modules, per (stage, module) (:meth:`_distributed`)
+        self._ddp: dict[tuple[str, str], nn.Module] = {}
+        if dist.is_dist() and dist.rank() > 0:
+            # each rank its own augmentation / dropout stream (the model itself is rank 0's: DDP broadcasts it)
+            seed_everything(int(np.random.SeedSequence([cfg.seed, dist.rank()]).generate_state(1)[0]))
+
+        if dist.is_main():
+            self.run.start(cfg)  # config.yaml, atomically (unreid.engine.rundir)
+        dist.barrier()
         if self.run.resume_from is not None:
             self.load(self.run.resume_from)
 
@@ -263,6 +310,15 @@ class Trainer:
             if getattr(h, "_unreid", False):
                 log.removeHandler(h)
                 h.close()
+        if not dist.is_main():  # other ranks: errors only, on stderr, marked with the rank; no train.log
+            eh = logging.StreamHandler(sys.stderr)
+            eh.setLevel(logging.ERROR)
+            eh.setFormatter(logging.Formatter(f"%(asctime)s [rank {dist.rank()}] %(levelname)s %(message)s",
+                                              "%H:%M:%S"))
+            eh._unreid = True  # type: ignore[attr-defined]
+            log.addHandler(eh)
+            log.propagate = False
+            return
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
         fh = logging.FileHandler(self.output_dir / "train.log")
         fh.setFormatter(fmt)
@@ -342,9 +398,12 @@ class Trainer:
             raise TrainingStopped(f"epoch {epoch}: no labels to sample from (the stage does not relabel and no "
                                   "earlier stage made labels)")
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
-        batch_size = self.method.train_batch_size()
+        batch_size = self.method.train_batch_size()  # the global batch
+        if dist.is_dist():  # every rank draws the global stream and takes its share of each batch
+            sampler = dist.ShardedBatchSampler(sampler, batch_size, dist.rank(), self.world_size)
         loader = build_train_loader(self.method.train_set, sampler, self.cfg.data, cache=self.cache,
-                                    transform=self.method.train_transform(), batch_size=batch_size)
+                                    transform=self.method.train_transform(),
+                                    batch_size=batch_size // self.world_size)
         if len(loader) == 0:
             raise TrainingStopped(
                 f"epoch {epoch}: the sampler yields {len(sampler)} images from {self.method.labels.num_clusters} "
@@ -354,27 +413,71 @@ class Trainer:
         self._set_train_modes()
         sums: dict[str, float] = {}
         bar = tqdm(IterLoader(loader, iters), total=iters, desc=f"epoch {epoch} [{self.mode}]",
-                   disable=None, leave=False, mininterval=5)
-        for step, batch in enumerate(bar):
-            self.call_hooks("before_step", batch)
-            with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16):
-                out = self.method.step(batch, epoch)
-            loss = out.losses["loss"]
-            if not torch.isfinite(loss):
-                raise TrainingStopped(f"epoch {epoch} step {step}: loss is {loss.item()}; lower optim.lr "
-                                      "or disable optim.amp")
-            self.method.optimize_step(out, self.optim, self.stage)
-            with torch.no_grad():
-                self.method.after_step(batch, out.outputs)
-            vals = {k: float(v.detach()) for k, v in out.losses.items()}
-            for k, v in vals.items():
-                sums[k] = sums.get(k, 0.0) + v
-            self.call_hooks("after_step", vals)
-            if (step + 1) % self.cfg.log_every == 0:
-                bar.set_postfix(loss=f"{vals['loss']:.3f}")
-                log.info("epoch %d [%d/%d] %s", epoch, step + 1, iters,
-                         " ".join(f"{k} {v:.4f}" for k, v in vals.items()))
+                   disable=None if dist.is_main() else True, leave=False, mininterval=5)
+        with self._distributed():
+            for step, batch in enumerate(bar):
+                self.call_hooks("before_step", batch)
+                with torch.autocast(self.device.type, enabled=self.use_amp, dtype=torch.float16):
+                    out = self.method.step(batch, epoch)
+                loss = out.losses["loss"]
+                if not torch.isfinite(loss):
+                    raise TrainingStopped(f"epoch {epoch} step {step}: loss is {loss.item()}; lower optim.lr "
+                                          "or disable optim.amp")
+                self.method.optimize_step(out, self.optim, self.stage)
+                with torch.no_grad():
+                    # DDP: every rank updates its memories with the global batch, in single-process order
+                    self.method.after_step(*dist.gather_step(batch, out.outputs, len(batch["index"])))
+                vals = {k: float(v.detach()) for k, v in out.losses.items()}
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                self.call_hooks("after_step", vals)
+                if (step + 1) % self.cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{vals['loss']:.3f}")
+                    log.info("epoch %d [%d/%d] %s", epoch, step + 1, iters,
+                             " ".join(f"{k} {v:.4f}" for k, v in vals.items()))
+        if dist.is_dist():
+            # every rank's modules as rank 0's (BN running statistics differ after the last step), and the
+            # epoch's losses averaged over the ranks (each rank's are the means over its share)
+            for module in self.modules.values():
+                dist.broadcast_module(module)
+            keys = sorted(sums)
+            total = dist.all_gather_cat(torch.tensor([[sums[k] for k in keys]], dtype=torch.float64)).mean(0)
+            sums = {k: float(v) for k, v in zip(keys, total.tolist())}
         return {k: v / iters for k, v in sums.items()}
+
+    @contextlib.contextmanager
+    def _distributed(self) -> Iterator[None]:
+        """Within the block, the method's trained modules are DDP-wrapped (a no-op in one process).
+
+        The stage's modules with trainable parameters are wrapped once per stage
+        (``torch.nn.parallel.DistributedDataParallel``: gradients averaged over the ranks, rank 0's buffers
+        broadcast at each forward); every attribute of the method that holds such a module (``method.model``,
+        a GCL generator, ...) holds its wrapper until the block ends, so ``method.forward`` runs it.
+        """
+        if not dist.is_dist():
+            yield
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        stage = self.stage.name if self.stage is not None else ""
+        wrapped: dict[int, nn.Module] = {}
+        for name, module in self.modules.items():
+            if not module.training or not any(p.requires_grad for p in module.parameters()):
+                continue
+            key = (stage, name)
+            if key not in self._ddp:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self._ddp[key] = DistributedDataParallel(
+                    module, device_ids=ids, find_unused_parameters=self.cfg.dist.find_unused_parameters)
+            wrapped[id(module)] = self._ddp[key]
+        swapped = {attr: value for attr, value in vars(self.method).items() if id(value) in wrapped}
+        for attr, value in swapped.items():
+            setattr(self.method, attr, wrapped[id(value)])
+        try:
+            yield
+        finally:
+            for attr, value in swapped.items():
+                setattr(self.method, attr, value)
 
     def _set_train_modes(self) -> None:
         """The stage's modules in train mode with their own ``requires_grad``; the others frozen (eval mode,
@@ -482,9 +585,11 @@ class Trainer:
         return ok
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """A record that comes without a checkpoint (before training); epochs go through :meth:`commit_epoch`."""
+        """A record that comes without a checkpoint (before training); epochs go through :meth:`commit_epoch`.
+        Written by rank 0 only."""
         record["unreadable_images"] = self._count_unreadable()
-        self.run.append(ordered_record(record))
+        if dist.is_main():
+            self.run.append(ordered_record(record))
 
     def _count_unreadable(self) -> int:
         return count_unreadable(self._all_paths)
@@ -497,10 +602,18 @@ class Trainer:
         The checkpoint holds every named module (``"model"``: the re-ID model, as ``model_best.pth`` and
         ``unreid eval`` read it; ``"modules"``: the others), the optimisers, schedulers and scaler, the
         method's labels and memories, the RNG states and the epoch counter.
+
+        Under DDP rank 0 writes (its modules, optimisers and memories are every rank's) and the others wait
+        at a barrier; the checkpoint also holds every rank's RNG states (``"rng_ranks"``). Returns the
+        checkpoint's path on every rank.
         """
         if record is not None:
             record["unreadable_images"] = self._count_unreadable()
             record = ordered_record(record)
+        rng_ranks = dist.all_gather_object(rng_state()) if dist.is_dist() else None
+        if not dist.is_main():
+            dist.barrier()
+            return self.output_dir / "checkpoint_last.pth"
         state = {
             "format": CHECKPOINT_FORMAT,
             "mode": self.mode,
@@ -516,7 +629,11 @@ class Trainer:
             "method": to_tensors(self.method.state_dict()),
             "rng": rng_state(),
         }
-        return self.run.commit(state, record, best=is_best)
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        path = self.run.commit(state, record, best=is_best)
+        dist.barrier()
+        return path
 
     def load(self, path: Path) -> None:
         """Restore everything :meth:`save` wrote (exact resume; also the first checkpoint format, with one
@@ -538,12 +655,25 @@ class Trainer:
             self.optim.load_state_dict({"optimizers": {first: ckpt["optimizer"]},
                                         "schedulers": {first: ckpt["scheduler"]}, "scaler": ckpt["scaler"]})
         self.method.load_state_dict(ckpt["method"])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        if dist.is_dist() and ranks is not None and len(ranks) == self.world_size:
+            set_rng_state(ranks[dist.rank()])
+        else:
+            if dist.is_dist():
+                log.warning("%s was written by %s process(es), this run has %d: every rank's random streams "
+                            "restart from rank 0's saved state plus its rank", path,
+                            "one" if ranks is None else len(ranks), self.world_size)
+            set_rng_state(ckpt["rng"])
+            if dist.is_dist() and dist.rank() > 0:
+                torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, dist.rank(), int(ckpt["epoch"])])
+                                      .generate_state(1)[0]))
         self.state.epoch = int(ckpt["epoch"])
         self.state.best_score = float(ckpt["best_score"])
         self.state.best_epoch = int(ckpt["best_epoch"])
         self.state.best_test = dict(ckpt.get("best_test") or {})
-        self.run.restore(ckpt, path)
+        if dist.is_main():
+            self.run.restore(ckpt, path)
+        dist.barrier()
         log.info("resumed from %s after epoch %d", path, self.state.epoch - 1)
 
 
@@ -554,6 +684,10 @@ def extract(model: nn.Module, samples: list[Sample], cfg: Config, device: torch.
     A model with camera BN layers (``model.camera_bn``) embeds each camera's images with statistics
     re-estimated from that camera's images in ``samples`` (at most ``model.camera_bn_images`` of them):
     see :mod:`unreid.models.camera_bn`. The model's own statistics are restored afterwards.
+
+    Under DDP (:mod:`unreid.engine.dist`; ``model`` the unwrapped module, the same on every rank) a plain
+    model's extraction is sharded across the ranks and gathered in the original order on every rank; with
+    camera BN every rank embeds every sample (the per-camera statistics need the camera's images together).
     """
     from unreid.data.loader import build_test_loader
     from unreid.evaluation.features import extract_features
@@ -563,6 +697,10 @@ def extract(model: nn.Module, samples: list[Sample], cfg: Config, device: torch.
         return build_test_loader(rows, cfg.data, cache=cache, batch_size=cfg.eval.batch_size)
 
     if not camera_bn_layers(model):
+        if dist.is_dist() and len(samples) >= dist.world_size():
+            # DDP: each rank embeds its contiguous shard, the shards are gathered back in order on every rank
+            start, end = dist.shard_range(len(samples))
+            return dist.all_gather_cat(extract_features(model, loader(samples[start:end]), device, amp=amp))
         return extract_features(model, loader(samples), device, amp=amp)
     camids = np.asarray([s.camid for s in samples])
     rng = np.random.default_rng(cfg.seed)
@@ -620,7 +758,8 @@ def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample],
     # gallery images together (Zhuang et al. 2020; at most model.camera_bn_images of them, see extract);
     # for a plain model this is the same as two passes.
     feats = extract(model, list(query) + list(gallery), cfg, device, cache, amp)
-    res = evaluate_features(feats[:len(query)], feats[len(query):], query, gallery, cfg)
+    # DDP: the metrics on rank 0, broadcast (every rank holds the same features)
+    res = dist.run_on_main(lambda: evaluate_features(feats[:len(query)], feats[len(query):], query, gallery, cfg))
     res["time_s"] = round(time.time() - t0, 2)
     return res
 

@@ -299,9 +299,18 @@ class Method:
 
     def refresh(self, epoch: int, features: Tensor | dict[str, Tensor]) -> PseudoLabels:
         """:meth:`make_labels`, :meth:`set_labels` and :meth:`build_memories` in one call (what the engine's
-        labelling hook does each epoch; ``features`` a tensor means ``{"global": features}``)."""
+        labelling hook does each epoch; ``features`` a tensor means ``{"global": features}``).
+
+        Under DDP (:mod:`unreid.engine.dist`) every rank holds the same gathered features; :meth:`make_labels`
+        runs on rank 0 alone and its labels (``PseudoLabels.state_dict``) are broadcast, so every rank builds
+        the same memories."""
+        from unreid.engine import dist
+
         feats = features if isinstance(features, dict) else {"global": features}
-        labels = self.make_labels(epoch, feats)
+        if dist.is_dist():  # clustering on rank 0 only; its labels (or its error) on every rank
+            labels = PseudoLabels.from_state_dict(dist.run_on_main(lambda: self.make_labels(epoch, feats).state_dict()))
+        else:
+            labels = self.make_labels(epoch, feats)
         self.set_labels(labels)
         self.build_memories(epoch, feats, labels)
         return labels

@@ -68,9 +68,14 @@ def _register_builtins() -> None:
 
 
 def takes_ids(module: nn.Module) -> bool:
-    """Whether ``module.forward`` accepts ``camids`` and ``modalities`` keywords (the architecture contract)."""
+    """Whether ``module.forward`` accepts ``camids`` and ``modalities`` keywords (the architecture contract);
+    for a ``DistributedDataParallel`` wrapper, whether the wrapped module does (DDP passes keywords on)."""
     import inspect
 
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(module, DistributedDataParallel):
+        module = module.module
     cls = type(module)
     if cls not in _TAKES_IDS:
         params = inspect.signature(cls.forward).parameters
