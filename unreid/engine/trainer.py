@@ -656,13 +656,16 @@ class Trainer:
                                         "schedulers": {first: ckpt["scheduler"]}, "scaler": ckpt["scaler"]})
         self.method.load_state_dict(ckpt["method"])
         ranks = ckpt.get("rng_ranks")
+        saved_world = 1 if ranks is None else len(ranks)
+        if saved_world != self.world_size:
+            log.warning("%s was written by %d process(es), this run has %d: the global batch is the same, but the "
+                        "random streams restart from rank 0's saved state%s", path, saved_world, self.world_size,
+                        "" if self.cfg.dist.batch_norm == "sync" or self.cfg.dist.bn_group_size else
+                        ", and with dist.batch_norm=local each BN statistic now sees data.batch_size / "
+                        f"{self.world_size} images (docs/DISTRIBUTED.md)")
         if dist.is_dist() and ranks is not None and len(ranks) == self.world_size:
             set_rng_state(ranks[dist.rank()])
         else:
-            if dist.is_dist():
-                log.warning("%s was written by %s process(es), this run has %d: every rank's random streams "
-                            "restart from rank 0's saved state plus its rank", path,
-                            "one" if ranks is None else len(ranks), self.world_size)
             set_rng_state(ckpt["rng"])
             if dist.is_dist() and dist.rank() > 0:
                 torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, dist.rank(), int(ckpt["epoch"])])
