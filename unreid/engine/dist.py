@@ -74,8 +74,8 @@ def env_world_size() -> int:
 def setup(device: str = "auto", timeout_min: float = 30.0) -> bool:
     """Initialise the default process group from torchrun's environment, once.
 
-    Nothing happens when ``WORLD_SIZE`` is unset or 1, or when a group is already initialised (a test or a
-    user script made it). The backend is NCCL when ``device`` resolves to CUDA, gloo otherwise; under NCCL
+    Nothing happens when ``WORLD_SIZE`` is unset or 1 (``torchrun --nproc_per_node 1`` is the plain
+    single-process run), or when a group is already initialised (a test or a user script made it). The backend is NCCL when ``device`` resolves to CUDA, gloo otherwise; under NCCL
     this process's CUDA device becomes ``cuda:LOCAL_RANK``.
 
     Args:
@@ -112,10 +112,14 @@ def cleanup() -> None:
 
 
 def rank_device(device: torch.device) -> torch.device:
-    """``cuda`` without an index becomes ``cuda:LOCAL_RANK`` when distributed; anything else is returned."""
-    if is_dist() and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank())
-    return device
+    """When distributed, a CUDA device becomes ``cuda:LOCAL_RANK`` (one GPU per process, as torchrun lays them
+    out; an explicit ``cuda:N`` is overridden with a warning); anything else is returned as it is."""
+    if not (is_dist() and device.type == "cuda"):
+        return device
+    mine = torch.device("cuda", local_rank())
+    if device.index is not None and device.index != mine.index:
+        log.warning("device=%s ignored under torchrun: process %d uses %s (LOCAL_RANK)", device, rank(), mine)
+    return mine
 
 
 def _comm_device() -> torch.device:
