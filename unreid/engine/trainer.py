@@ -199,7 +199,16 @@ class Trainer:
         self.user_hooks = list(hooks or [])
         self.state = TrainState()
 
-        self.data = data if data is not None else load_data(cfg)
+        if data is None:
+            # DDP: rank 0 reads (or generates: the synthetic set) the data first; its error reaches every rank
+            first: dict[str, ReIDData] = {}
+
+            def load_first() -> None:
+                first["data"] = load_data(cfg)
+
+            dist.run_on_main(load_first)
+            data = first["data"] if "data" in first else load_data(cfg)
+        self.data = data
         log.info("\n%s", self.data.summary())
         train = list(self.data.train)
         self.val_query: list[Sample] = []
