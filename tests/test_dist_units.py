@@ -37,6 +37,18 @@ def test_sharded_batches_are_contiguous_shares_of_each_global_batch():
         assert sum((s[2 * b:2 * b + 2] for s in shares), []) == stream[6 * b:6 * b + 6]
 
 
+def test_segmented_batches_keep_the_layout_and_gathering_restores_the_order():
+    # MBCCM-style global batch of 8: visible 0..3 then infrared 4..7, aligned position by position
+    stream = [10, 11, 12, 13, 20, 21, 22, 23]
+    shares = [list(dist.ShardedBatchSampler(ListSampler(stream), 8, r, 2, segments=2)) for r in range(2)]
+    assert shares == [[10, 11, 20, 21], [12, 13, 22, 23]]  # each rank: its visible share, then the paired infrared
+    gathered = torch.tensor(shares[0] + shares[1])  # all_gather_cat: rank order
+    assert gathered[dist.segment_order(2, 4, 2)].tolist() == stream
+    assert dist.segment_order(3, 2, 1).tolist() == list(range(6))  # one segment: rank order is the order
+    with pytest.raises(ValueError, match="2 batch segments"):
+        dist.ShardedBatchSampler(ListSampler(stream), 6, 0, 2, segments=2)
+
+
 def test_sharded_batches_need_a_divisible_global_batch():
     with pytest.raises(ValueError, match="not divisible by the 4 processes"):
         dist.ShardedBatchSampler(ListSampler(list(range(10))), 6, 0, 4)

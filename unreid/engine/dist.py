@@ -218,28 +218,50 @@ def all_gather_cat(t: Tensor) -> Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, counts)]).to(t.device)
 
 
-def gather_step(batch: dict[str, Any], outputs: dict[str, Any], local_batch: int
+def segment_order(world: int, local_batch: int, segments: int = 1) -> Tensor:
+    """Row permutation from rank-major gathered rows to the single-process batch order.
+
+    With ``segments = S`` the global batch is S equal consecutive segments (e.g. MBCCM's visible half, then its
+    infrared half) and rank ``r`` holds the ``r``-th contiguous share of each segment
+    (:class:`ShardedBatchSampler`), so its local batch is ``[seg 0 share r, ..., seg S-1 share r]``. Rows
+    gathered in rank order are ``[rank 0's local batch, rank 1's, ...]``; ``gathered[segment_order(...)]`` is
+    ``[seg 0 share 0, seg 0 share 1, ..., seg 1 share 0, ...]``, the single-process batch. ``S = 1``: the
+    identity.
+
+    Returns:
+        ``(world * local_batch,) int64``.
+    """
+    share = local_batch // segments
+    idx = torch.arange(world * local_batch).view(world, segments, share)  # [rank, segment, position]
+    return idx.transpose(0, 1).reshape(-1)
+
+
+def gather_step(batch: dict[str, Any], outputs: dict[str, Any], local_batch: int, segments: int = 1
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The global batch of a step, as a single process with the whole batch would hold it.
 
     Every tensor of ``batch`` and ``outputs`` whose first dimension is ``local_batch`` (a per-sample tensor:
     ``index``, ``camid``, ``modality``, ``features``, ``targets``, TCL's ``part_features``, ...) is
-    all-gathered and concatenated in rank order, detached (memory updates never run in autograd); keys of
-    :data:`NOT_GATHERED` (the images) are dropped from the gathered batch, and any other value (scalars,
-    tensors of another size) is kept as it is. Since rank ``r`` holds the ``r``-th contiguous share of the
-    global batch (:class:`ShardedBatchSampler`), the result is the single-process batch in the same order.
-    Not distributed: the inputs, untouched.
+    all-gathered and put in single-process order (:func:`segment_order`); with ``segments > 1``, a tensor whose
+    first dimension is one segment's share (``local_batch / segments``: e.g. MBCCM's per-modality
+    ``visible_1``) is gathered in rank order, which is that segment's single-process order. Gathered tensors are
+    detached (memory updates never run in autograd); keys of :data:`NOT_GATHERED` (the images) are dropped from
+    the gathered batch; any other value (scalars, tensors of another size) is kept as it is. Not distributed:
+    the inputs, untouched.
 
     Args:
         batch: the loader's batch of this rank.
         outputs: ``StepOutput.outputs`` of this rank.
         local_batch: this rank's batch size (``len(batch["index"])``).
+        segments: the method's batch segments (:meth:`unreid.methods.Method.batch_segments`).
 
     Returns:
         ``(batch, outputs)`` of the global batch.
     """
     if not is_dist():
         return batch, outputs
+    order = segment_order(world_size(), local_batch, segments) if segments > 1 else None
+    share = local_batch // segments
 
     def gather(d: dict[str, Any], skip: frozenset[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -248,6 +270,9 @@ def gather_step(batch: dict[str, Any], outputs: dict[str, Any], local_batch: int
             if k in skip:
                 continue
             if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == local_batch:
+                g = all_gather_cat(v.detach())
+                out[k] = g if order is None else g[order.to(g.device)]
+            elif segments > 1 and isinstance(v, Tensor) and v.dim() >= 1 and v.shape[0] == share:
                 out[k] = all_gather_cat(v.detach())
             else:
                 out[k] = v
@@ -294,33 +319,44 @@ class ShardedBatchSampler(Sampler[int]):
     makes. With a P x K sampler and ``b`` a multiple of K, each rank gets ``b / K`` whole identities of the
     step and the ranks' identities are disjoint.
 
+    With ``segments = S > 1`` (a batch laid out as S equal consecutive parts, e.g. MBCCM's visible then
+    infrared images) rank ``r`` yields the ``r``-th contiguous share of each segment, one segment after the
+    other, so its local batch keeps the layout (as DataParallel scatters each of MBCCM's two inputs);
+    :func:`gather_step` undoes the interleaving (:func:`segment_order`).
+
     Args:
         sampler: the global sampler (``len`` exact, as :mod:`unreid.data.samplers` guarantees).
-        global_batch: ``data.batch_size``.
+        global_batch: the global batch (``data.batch_size``, or the method's ``train_batch_size()``).
         rank: this rank.
         world: number of ranks.
+        segments: S (default 1).
 
     Raises:
-        ValueError: ``global_batch`` is not a multiple of ``world``.
+        ValueError: ``global_batch`` is not a multiple of ``world * segments``.
     """
 
-    def __init__(self, sampler: Sampler[int], global_batch: int, rank: int, world: int) -> None:
+    def __init__(self, sampler: Sampler[int], global_batch: int, rank: int, world: int, segments: int = 1) -> None:
         super().__init__()
-        if global_batch % world:
-            raise ValueError(f"data.batch_size={global_batch} (the global batch) is not divisible by the "
-                             f"{world} processes; choose a batch size that is a multiple of --nproc_per_node x "
-                             "--nnodes")
+        if global_batch % (world * segments):
+            what = "" if segments == 1 else f" x {segments} batch segments"
+            raise ValueError(f"the global batch of {global_batch} images is not divisible by the {world} "
+                             f"processes{what}; choose data.batch_size (or the method's batch) as a multiple of "
+                             "--nproc_per_node x --nnodes")
         self.sampler = sampler
         self.global_batch = int(global_batch)
         self.rank = int(rank)
         self.world = int(world)
+        self.segments = int(segments)
         self.local_batch = self.global_batch // self.world
 
     def __iter__(self) -> Iterator[int]:
         order = list(iter(self.sampler))
-        b, lo = self.local_batch, self.rank * self.local_batch
+        seg = self.global_batch // self.segments  # one segment of the global batch
+        share = seg // self.world  # this rank's part of a segment
         for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
-            yield from order[start + lo:start + lo + b]
+            for s in range(self.segments):
+                lo = start + s * seg + self.rank * share
+                yield from order[lo:lo + share]
 
     def __len__(self) -> int:
         return (len(self.sampler) // self.global_batch) * self.local_batch

@@ -409,7 +409,8 @@ class Trainer:
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
         batch_size = self.method.train_batch_size()  # the global batch
         if dist.is_dist():  # every rank draws the global stream and takes its share of each batch
-            sampler = dist.ShardedBatchSampler(sampler, batch_size, dist.rank(), self.world_size)
+            sampler = dist.ShardedBatchSampler(sampler, batch_size, dist.rank(), self.world_size,
+                                               segments=self.method.batch_segments())
         loader = build_train_loader(self.method.train_set, sampler, self.cfg.data, cache=self.cache,
                                     transform=self.method.train_transform(),
                                     batch_size=batch_size // self.world_size)
@@ -435,7 +436,8 @@ class Trainer:
                 self.method.optimize_step(out, self.optim, self.stage)
                 with torch.no_grad():
                     # DDP: every rank updates its memories with the global batch, in single-process order
-                    self.method.after_step(*dist.gather_step(batch, out.outputs, len(batch["index"])))
+                    self.method.after_step(*dist.gather_step(batch, out.outputs, len(batch["index"]),
+                                                              self.method.batch_segments()))
                 vals = {k: float(v.detach()) for k, v in out.losses.items()}
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -760,7 +762,8 @@ def evaluate_model(model: nn.Module, query: list[Sample], gallery: list[Sample],
         t0 = time.time()
         samples, rows = union_samples(trials)
         feats = extract(model, samples, cfg, device, cache, amp)
-        res = evaluate_trials(feats, rows, trials, PROTOCOLS[cfg.eval.protocol], rerank=cfg.eval.rerank)
+        res = dist.run_on_main(lambda: evaluate_trials(feats, rows, trials, PROTOCOLS[cfg.eval.protocol],
+                                                       rerank=cfg.eval.rerank))
         res["time_s"] = round(time.time() - t0, 2)
         return res
     if not query or not gallery:

@@ -326,6 +326,12 @@ class Method:
         """Images per training batch (``data.batch_size``; a method whose sampler fixes another size says so)."""
         return int(self.cfg.data.batch_size)
 
+    def batch_segments(self) -> int:
+        """Equal consecutive parts a training batch is laid out in (default 1). Under DDP each process gets its
+        share of every part, so that its batch keeps the layout (MBCCM: 2, visible then infrared), and the
+        memory updates see the parts put back together (:class:`unreid.engine.dist.ShardedBatchSampler`)."""
+        return 1
+
     def sampler(self, labels: PseudoLabels, seed: int) -> Sampler:
         """The P x K sampler over the clustered samples (outliers left out); the stage's ``sampler`` kind
         when it names one, else ``data.sampler``."""

@@ -102,6 +102,11 @@ class MBCCM(Method):
     def train_batch_size(self) -> int:
         return 2 * int(self.settings.clusters_per_step) * int(self.cfg.data.num_instances)
 
+    def batch_segments(self) -> int:
+        """Visible half, then infrared half: under DDP each process gets its share of both, aligned pair by pair
+        (as DataParallel scattered the public code's two inputs)."""
+        return 2
+
     def sampler(self, labels: PseudoLabels, seed: int) -> Any:
         """:class:`~unreid.data.samplers.ModalityPairSampler`, paired in the ``cross_modality`` stage; one pass =
         ``optim.iters`` steps (or as many batches as the clustered images fill when ``optim.iters`` is 0)."""
