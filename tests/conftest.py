@@ -53,3 +53,40 @@ def tiny_overrides(root, out, **extra) -> list[str]:
 def metrics_rows(out_dir) -> list[dict]:
     """The rows of a run's ``metrics.jsonl`` in ``out_dir``, oldest first (tests only)."""
     return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_checkpoint(cfg, path, seed: int = 0, randomize_bn: bool = False):
+    """A ``model_best.pth``-like checkpoint (format 2, with its config) of a randomly initialised model of
+    ``cfg.model`` (tests only); ``randomize_bn`` gives the BN layers non-trivial running statistics, so that
+    a model run in train mode (batch statistics) would give other features."""
+    from unreid.config import to_dict
+    from unreid.engine.checkpoint import save_checkpoint
+    from unreid.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    if randomize_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    save_checkpoint({"format": "unreid-checkpoint-2", "mode": "unsupervised", "config": to_dict(cfg), "epoch": 1,
+                     "model": model.state_dict()}, path)
+    return path
+
+
+def eval_cli(tmp_path, over: list[str], capsys) -> tuple[list[str], dict]:
+    """``unreid eval`` of a fresh random checkpoint with the overrides ``over``: (the printed lines, the
+    ``--json`` result) (tests only)."""
+    import json
+
+    from unreid.cli import main
+    from unreid.config import load_config
+
+    ckpt = write_checkpoint(load_config(None, over), tmp_path / "model_best.pth")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("name: run\n")
+    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), *over]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), "--json", *over]) == 0
+    return lines, json.loads(capsys.readouterr().out)

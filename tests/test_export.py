@@ -11,10 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, write_checkpoint
 from unreid.cli import main
-from unreid.config import load_config, to_dict
-from unreid.engine.checkpoint import save_checkpoint
+from unreid.config import load_config
 from unreid.export import read_metadata
 from unreid.models import build_model
 
@@ -26,16 +25,8 @@ def _one_line(err: str) -> str:
 
 
 def _checkpoint(cfg, path):
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
     # non-trivial BN running statistics, so that an export in train mode (batch statistics) would differ
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    save_checkpoint({"format": "unreid-checkpoint-2", "config": to_dict(cfg), "epoch": 1,
-                     "model": model.state_dict()}, path)
-    return path
+    return write_checkpoint(cfg, path, seed=0, randomize_bn=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, write_checkpoint
 from unreid.cli import main
-from unreid.config import load_config, to_dict
+from unreid.config import load_config
 from unreid.data.datasets import build_dataset
 from unreid.data.datasets.base import Sample
 from unreid.engine.checkpoint import save_checkpoint
@@ -40,11 +40,7 @@ def _one_line(err: str) -> str:
 
 
 def _save(cfg, path, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(cfg.model)
-    save_checkpoint({"format": "unreid-checkpoint-2", "mode": "unsupervised", "config": to_dict(cfg), "epoch": 1,
-                     "model": model.state_dict()}, path)
-    return path
+    return write_checkpoint(cfg, path, seed=seed)
 
 
 @pytest.fixture(scope="module")

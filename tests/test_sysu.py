@@ -241,15 +241,9 @@ def test_regdb_swapped_direction_hand_computed(tmp_path):
 def test_unreid_eval_runs_every_trial_of_both_search_modes(tmp_path, capsys):
     """`unreid eval` on a SYSU-MM01 fixture (real images) with an untrained two-stream resnet18: one call,
     the headline line and a mean ± std row per search mode, 10 trials each."""
-    import json
-
     from PIL import Image
 
-    from tests.conftest import tiny_overrides
-    from unreid.cli import main
-    from unreid.config import load_config, to_dict
-    from unreid.engine.checkpoint import save_checkpoint
-    from unreid.models import build_model
+    from tests.conftest import eval_cli, tiny_overrides
 
     root = _tree(tmp_path / "SYSU-MM01")
     for k, p in enumerate(sorted(root.glob("cam*/*/*.jpg"))):
@@ -259,17 +253,8 @@ def test_unreid_eval_runs_every_trial_of_both_search_modes(tmp_path, capsys):
                                                          "eval.protocol": "sysu", "model.arch": "two_stream",
                                                          "model.gem_trainable": "false",
                                                          "data.options.search": "all,indoor"})
-    cfg = load_config(None, over)
-    ckpt = tmp_path / "model_best.pth"
-    save_checkpoint({"format": "unreid-checkpoint-1", "mode": "unsupervised", "config": to_dict(cfg), "epoch": 1,
-                     "model": build_model(cfg.model).state_dict()}, ckpt)
-    cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text("name: run\n")
-    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), *over]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out, res = eval_cli(tmp_path, over, capsys)
     assert out[0].startswith("sysu_mm01 (sysu protocol): mAP ")
     assert [line.split("|")[0].strip() for line in out[-2:]] == ["all_search", "indoor_search"]
     assert all(line.split("|")[1].strip() == "10" and "±" in line for line in out[-2:])
-    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), "--json", *over]) == 0
-    res = json.loads(capsys.readouterr().out)
     assert res["mAP"] == res["all_search/mAP"] and res["indoor_search/trials"] == 10

@@ -4,7 +4,6 @@ evaluation (one extraction, mean / population std per group), RegDB's two direct
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -340,10 +339,7 @@ def test_unreid_eval_prints_a_table_per_group(tmp_path, capsys):
     """`unreid eval` on a VehicleID fixture (real images, untrained resnet18): headline + mean ± std rows."""
     from PIL import Image
 
-    from tests.conftest import tiny_overrides
-    from unreid.config import load_config, to_dict
-    from unreid.engine.checkpoint import save_checkpoint
-    from unreid.models import build_model
+    from tests.conftest import eval_cli, tiny_overrides
 
     root = _vehicleid(tmp_path / "vid")
     rows = VID_TRAIN + VID_TEST[800] + VID_TEST[1600]
@@ -352,19 +348,10 @@ def test_unreid_eval_prints_a_table_per_group(tmp_path, capsys):
     over = tiny_overrides(tmp_path, tmp_path / "run", **{"data.name": "vehicleid", "data.root": str(root),
                                                          "eval.protocol": "vehicleid"})
     over.append("data.options={test_sizes: '800,1600', draws: 2}")
-    cfg = load_config(None, over)
-    ckpt = tmp_path / "model_best.pth"
-    save_checkpoint({"format": "unreid-checkpoint-1", "mode": "unsupervised", "config": to_dict(cfg), "epoch": 1,
-                     "model": build_model(cfg.model).state_dict()}, ckpt)
-    cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text("name: run\n")
-    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), *over]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out, res = eval_cli(tmp_path, over, capsys)
     assert out[0].startswith("vehicleid (vehicleid protocol): mAP ")
     assert [line.split("|")[0].strip() for line in out[-2:]] == ["test_800", "test_1600"]
     assert all(line.split("|")[1].strip() == "2" and "±" in line for line in out[-2:])
-    assert main(["eval", str(cfg_file), "--checkpoint", str(ckpt), "--json", *over]) == 0
-    res = json.loads(capsys.readouterr().out)
     assert res["mAP"] == res["test_800/mAP"] and res["test_1600/trials"] == 2
 
 
