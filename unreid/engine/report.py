@@ -415,6 +415,10 @@ class ReportHook(Hook):
         self._env: dict[str, str] | None = None
 
     def _write(self, trainer: Trainer, status: str) -> None:
+        from unreid.engine import dist
+
+        if not dist.is_main():  # under torchrun only rank 0 writes (docs/DISTRIBUTED.md)
+            return
         try:
             if self._env is None:
                 self._env = environment(trainer.device)
@@ -431,12 +435,15 @@ class ReportHook(Hook):
             k, data, cfg = int(trainer.cfg.report_ranklists), trainer.data, trainer.cfg
             if k <= 0 or not data.query or not data.gallery:
                 return
+            from unreid.engine import dist
             from unreid.evaluation.visualize import draw_rank_lists
             from unreid.rng import preserved_rng
 
             query, gallery = list(data.query), list(data.gallery)
             with preserved_rng(trainer.device):
-                feats = trainer.extract(query + gallery)
+                feats = trainer.extract(query + gallery)  # every rank: sharded under torchrun
+            if not dist.is_main():
+                return
             draw_rank_lists(feats[:len(query)], feats[len(query):], query, gallery, k,
                             trainer.output_dir / RANKLISTS, protocol=cfg.eval.protocol, rerank=cfg.eval.rerank,
                             seed=cfg.seed, size=(cfg.data.height, cfg.data.width))
@@ -500,6 +507,10 @@ class TensorBoardHook(Hook):
         self.writer: Any = None
 
     def before_train(self, trainer: Trainer) -> None:
+        from unreid.engine import dist
+
+        if not dist.is_main():  # under torchrun only rank 0 writes (docs/DISTRIBUTED.md)
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 
