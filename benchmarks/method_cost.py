@@ -3,7 +3,7 @@
 Each method is built by the trainer from its config (the same data, model and budget), then timed:
 ``refresh`` (feature extraction of the training set + pseudo-labels + memories) and ``--steps`` training
 steps; methods alternate for ``--repeats`` rounds so that a change in machine load hits all of them alike.
-Usage (the numbers in docs/RESULTS.md, "TCL"; run on a quiet machine)::
+Usage (the numbers in docs/BENCHMARKS.md, "Method cost"; run on a quiet machine)::
 
     OMP_NUM_THREADS=2 python benchmarks/method_cost.py \
         cc=configs/cluster_contrast/vehicle_2cam_cpu.yaml tcl=configs/tcl/vehicle_2cam_cpu.yaml \
