@@ -84,6 +84,7 @@ def test_two_stages_train_and_resume_exactly(synthetic_root, tmp_path):
     assert [r.get("stage") for r in rows[-2:]] == ["modality_specific", "cross_modality"]
     assert "cc" not in rows[-2]["losses"] and {"ms", "ma_visible", "ma_infrared", "cc"} <= set(rows[-1]["losses"])
     assert rows[-1]["pseudo_labels"]["matched_pairs"] > 0
+    assert 0.0 <= rows[-1]["pseudo_labels"]["match_precision"] <= 1.0  # vs the true identities, report only
     Trainer(load_config(None, _overrides(rg, cut, synthetic_root, **{"optim.epochs": 1}))).train()
     Trainer(load_config(None, _overrides(rg, cut, synthetic_root)), resume=True).train()
     a, b = load_checkpoint(full / "checkpoint_last.pth"), load_checkpoint(cut / "checkpoint_last.pth")

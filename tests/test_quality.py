@@ -96,3 +96,16 @@ def test_nearest_neighbour_hits_by_hand():
     assert s3 == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="one row per image"):
         nearest_neighbour_hits(feats, cams[:4], gt)
+
+
+def test_matching_precision_by_hand():
+    from unreid.pseudo_labels.quality import matching_precision
+
+    # clusters: 0 = ids {7, 7, 8} (majority 7), 1 = {7}, 2 = {9, 9}, 3 = {8, 9, 9} (majority 9)
+    labels = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, -1])
+    gt = np.array([7, 7, 8, 7, 9, 9, 8, 9, 9, 5])
+    r = matching_precision(labels, np.array([[0, 1], [0, 2], [2, 3]]), gt)
+    assert r == {"matched_pairs": 3, "match_precision": 2 / 3}  # (0, 1) and (2, 3) hold one person each
+    assert matching_precision(labels, np.zeros((0, 2)), gt)["match_precision"] is None
+    with pytest.raises(ValueError, match="no member"):
+        matching_precision(labels, np.array([[0, 4]]), gt)

@@ -379,6 +379,11 @@ class Trainer:
                 ) from err
         # the clustering itself: outliers kept as singleton classes (pseudo_labels.outliers) count as outliers
         report = cluster_report(labels.cluster_labels, camids=self.method.camids, gt=self._gt_report)
+        if labels.matches is not None and self._gt_report is not None:  # cross-group matches vs truth, report only
+            from unreid.pseudo_labels.quality import matching_precision
+
+            report["match_precision"] = matching_precision(labels.labels, labels.matches,
+                                                           self._gt_report)["match_precision"]
         # method-specific extras (proxy counts, matching statistics) that the labeller put in its report
         report.update({k: v for k, v in labels.report.items() if k not in report and not k.startswith("time")})
         report["eps"] = labels.eps

@@ -144,3 +144,37 @@ def nearest_neighbour_hits(features, camids: np.ndarray, gt: np.ndarray, block: 
             hits[want][0] += int((g[arg] == g[s:s + block])[ok].sum())
             hits[want][1] += int(ok.sum())
     return hits[True][0] / max(1, hits[True][1]), hits[False][0] / max(1, hits[False][1])
+
+
+def matching_precision(labels: np.ndarray, matches: np.ndarray, gt: np.ndarray) -> dict:
+    """Quality of cross-group cluster matches (MBCCM's visible-infrared matching), from the true identities:
+    the share of matched cluster pairs whose two clusters have the same majority identity. Report only.
+
+    A cluster's majority identity is its most frequent true identity (ties: the smallest id).
+
+    Args:
+        labels: ``(N,) int`` cluster ids, ``-1`` outliers.
+        matches: ``(M, 2) int`` matched cluster id pairs.
+        gt: ``(N,) int`` true identities.
+
+    Returns:
+        ``{"matched_pairs": M, "match_precision": share in [0, 1] (None without pairs)}``.
+
+    Raises:
+        ValueError: ``labels`` and ``gt`` differ in length, or a match names a cluster without members.
+    """
+    labels, gt = np.asarray(labels).astype(np.int64), np.asarray(gt).astype(np.int64)
+    if labels.shape != gt.shape:
+        raise ValueError(f"labels {labels.shape} and gt {gt.shape} must have the same shape")
+    pairs = np.asarray(matches, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        return {"matched_pairs": 0, "match_precision": None}
+    majority: dict[int, int] = {}
+    for c in np.unique(pairs):
+        ids = gt[labels == c]
+        if ids.size == 0:
+            raise ValueError(f"matched cluster {int(c)} has no member")
+        values, counts = np.unique(ids, return_counts=True)
+        majority[int(c)] = int(values[np.argmax(counts)])
+    same = [majority[int(a)] == majority[int(b)] for a, b in pairs]
+    return {"matched_pairs": int(len(pairs)), "match_precision": float(np.mean(same))}
