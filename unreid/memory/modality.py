@@ -85,7 +85,7 @@ class CrossModalityMemory(Memory):
                 raise ValueError(f"MBCCM: no {name} cluster this epoch; nothing to contrast against (lower "
                                  "pseudo_labels.eps or min_samples)")
             local[ids] = np.arange(ids.size)
-            rows = F.normalize(cents[torch.as_tensor(ids)].float(), dim=1).to(self.device)
+            rows = cents[torch.as_tensor(ids)].to(self.device)  # cluster_centroids: already L2-normalised
             self.banks[name] = rows
             self.banks[f"{name}_cross"] = rows.clone()
         self.local = torch.as_tensor(local, device=self.device)
