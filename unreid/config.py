@@ -57,7 +57,7 @@ class DataConfig:
     grayscale_p: float = 0.0
     #: one random rectangle to greyscale with this probability (Gong et al. 2021, RGPR; published 0.4); 0 = off
     grayscale_patch_p: float = 0.0
-    sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity" | "proxy" (CAP)
+    sampler: str = "camera_aware"  #: "camera_aware" (CC RandomMultipleGallerySampler) | "random_identity" | "proxy" (CAP) | "shuffle" (GCL)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     #: extra keyword options of the dataset family (e.g. ``{variant: labeled}`` for cuhk03,
     #: ``{trial: 2, mode: thermal_to_visible}`` for regdb); see ``unreid datasets``
@@ -196,6 +196,45 @@ class MBCCMConfig:
 
 
 @dataclass
+class GCLConfig:
+    """GCL (Chen et al., CVPR 2021; chenhao2345/GCL @88aed52 ``configs/latest.yaml``, ``examples/main.py``,
+    ``gcl/trainer.py``, ``gcl/models/memory.py``; ANCHORS.md "GCL"; docs/methods/gcl.md)."""
+
+    #: stage 1, warm start: a checkpoint of any unreid run (``checkpoint_last.pth`` / ``model_best.pth``) or a
+    #: plain state dict (the public code's ``--init``) whose matching tensors initialise the identity encoder
+    init_checkpoint: str | None = None
+    #: stage 1 in the same command: train this config first, in ``<output_dir>/warmup`` (its own run folder,
+    #: resumed with ``--resume``), and warm-start from its last checkpoint (ours; the paper used JVTC)
+    warmup_config: str | None = None
+    generator_epochs: int = 40  #: stage 2 (train_stage2_*.sh --epochs 40): G and D, identity encoder frozen
+    joint_epochs: int = 20  #: stage 3 (ANCHORS.md; train_stage3_market.sh passes --epochs 40)
+    parts: int = 4  #: horizontal stripes of the appearance code (ft_net ``part = 4``)
+    #: "mesh": the authors' pre-rendered views in ``mesh_dir``; "edges": a stand-in computed from the image
+    #: itself (docs/methods/gcl.md: NOT the paper's method); "auto": mesh when ``mesh_dir`` is set, else edges
+    structure: str = "auto"
+    mesh_dir: str | None = None  #: ``<mesh_dir>/train/render/<name>`` and ``render_<deg>/<name>`` (1 channel)
+    #: novel-view angles: the public loader draws ``np.random.randint(1, 7) * 45``, i.e. 45..270 (never 315)
+    novel_degrees: list[int] = field(default_factory=lambda: [45, 90, 135, 180, 225, 270])
+    gen_dim: int = 16  #: latest.yaml gen.dim
+    mlp_dim: int = 512  #: gen.mlp_dim
+    dis_dim: int = 32  #: dis.dim
+    dis_scales: int = 3  #: dis.num_scales
+    gp_weight: float = 0.01  #: dis.LAMBDA, squared-gradient penalty on real images
+    gan_weight: float = 1.0  #: gan_w
+    recon_weight: float = 5.0  #: recon_x_w, image reconstruction (L1)
+    cycle_weight: float = 5.0  #: recon_x_cyc_w, cycle reconstruction (L1)
+    feature_weight: float = 5.0  #: recon_f_w, appearance-code reconstruction (L1)
+    memory_weight: float = 1.0  #: memory_id_w
+    memory_momentum: float = 0.2  #: momentum: m <- normalize(0.2 m + 0.8 f)
+    memory_temperature: float = 0.04  #: temperature
+    negatives: int = 8192  #: K, capped by the negatives that exist (the public code crashes instead)
+    #: the logits of the K negatives in all three InfoNCE terms: "novel_view" (the public code: the novel view's
+    #: similarities, shared by the three terms) | "own" (each term's own query: the original image's in the third)
+    negative_logits: str = "novel_view"
+    image_every: int = 200  #: image_display_iter: a PNG grid of input / reconstruction / novel views every N steps
+
+
+@dataclass
 class CameraConfig:
     """Camera-aware learning (docs/methods/camera_aware.md). Camera ids are free metadata and may be
     used here; identities never are. Everything is off by default (the published recipes)."""
@@ -232,7 +271,7 @@ class CameraConfig:
 class MethodConfig:
     """Which method and its memory / loss hyper-parameters."""
 
-    name: str = "cluster_contrast"  #: cluster_contrast | hhcl | tcl | mbccm (| gcl)
+    name: str = "cluster_contrast"  #: cluster_contrast | hhcl | tcl | mbccm | gcl
     supervised: bool = False  #: train on TRUE identities (upper-bound reference); never the default
     temperature: float = 0.05  #: CC tau = 0.05
     momentum: float = 0.1  #: CC README momentum 0.1 (argparse default 0.2)
@@ -240,6 +279,7 @@ class MethodConfig:
     hhcl: HHCLConfig = field(default_factory=HHCLConfig)
     tcl: TCLConfig = field(default_factory=TCLConfig)
     mbccm: MBCCMConfig = field(default_factory=MBCCMConfig)
+    gcl: GCLConfig = field(default_factory=GCLConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
 
 
@@ -361,7 +401,7 @@ BACKBONE_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 _CHOICES = {
-    "data.sampler": {"camera_aware", "random_identity", "proxy"},
+    "data.sampler": {"camera_aware", "random_identity", "proxy", "shuffle"},
     "model.pooling": {"gem", "avg"},
     "pseudo_labels.cluster": {"dbscan", "infomap"},
     "pseudo_labels.knn": {"exact", "faiss", "hnsw", "pca"},
@@ -375,6 +415,8 @@ _CHOICES = {
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.hhcl.smoothing": {"topk", "uniform"},  # unreid.losses.contrastive.SMOOTHING
     "method.tcl.part": {"mask", "stripes"},
+    "method.gcl.structure": {"auto", "mesh", "edges"},
+    "method.gcl.negative_logits": {"novel_view", "own"},
     "method.tcl.cluster_update": {"per_sample", "batch_mean"},
     "method.tcl.hcl_form": {"cluster", "instance"},
     "method.tcl.wrccl_weighting": {"knn", "none"},
@@ -463,6 +505,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"method.mbccm: need stage1_epochs >= 0, clusters_per_step >= 1, alpha, beta >= 0 and "
                           f"cross_momentum in [0, 1) (got {b.stage1_epochs}, {b.clusters_per_step}, {b.alpha}, "
                           f"{b.beta}, {b.cross_momentum})")
+    g = m.gcl
+    if g.generator_epochs < 0 or g.joint_epochs < 0 or g.parts < 1 or g.negatives < 1 or g.image_every < 0:
+        raise ConfigError(f"method.gcl: need generator_epochs, joint_epochs, image_every >= 0 and parts, negatives >= 1 "
+                          f"(got {g.generator_epochs}, {g.joint_epochs}, {g.image_every}, {g.parts}, {g.negatives})")
+    if min(g.gan_weight, g.recon_weight, g.cycle_weight, g.feature_weight, g.memory_weight, g.gp_weight) < 0:
+        raise ConfigError("method.gcl loss weights (gan, recon, cycle, feature, memory, gp) must be >= 0")
+    if not 0.0 <= g.memory_momentum < 1.0 or g.memory_temperature <= 0:
+        raise ConfigError(f"method.gcl: need memory_momentum in [0, 1) and memory_temperature > 0, got "
+                          f"{g.memory_momentum}, {g.memory_temperature}")
+    if g.structure == "mesh" and not g.mesh_dir:
+        raise ConfigError("method.gcl.structure=mesh needs method.gcl.mesh_dir (the folder holding train/render/ and "
+                          "train/render_<deg>/); or use structure=edges, the stand-in computed from the images")
+    if g.init_checkpoint and g.warmup_config:
+        raise ConfigError("method.gcl: set init_checkpoint or warmup_config, not both")
+    if any(d % 45 or not 0 < d < 360 for d in g.novel_degrees) or not g.novel_degrees:
+        raise ConfigError(f"method.gcl.novel_degrees must be multiples of 45 in 45..315, got {g.novel_degrees}")
     c = m.camera
     if min(c.intra_weight, c.inter_weight, c.online_weight, c.method_loss_weight) < 0:
         raise ConfigError(

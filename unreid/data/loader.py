@@ -175,7 +175,9 @@ class ReIDImageDataset(Dataset):
         transform: maps a ``uint8 (3, h, w)`` tensor to the model input (``unreid.data.transforms``), or to a
             dict of named inputs (e.g. ``{"img": view1, "img2": view2}``, merged into the item: methods that
             train on several views, MBCCM); or a dict ``{modality: transform}`` picking one by the sample's
-            modality (then every modality's transform must return the same keys).
+            modality (then every modality's transform must return the same keys). A transform whose
+            ``takes_sample`` attribute is true is called as ``transform(img, sample)`` (GCL's structure views,
+            read from files named after the sample's path).
         cache: an :class:`ImageCache` holding (some of) the paths; others are decoded from disk.
         size: ``(H, W)`` of the black stand-in for an unreadable image (default: the cache's size, else
             16 x 8; the transform resizes it anyway).
@@ -229,7 +231,8 @@ class ReIDImageDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = self.samples[i]
         transform = self.transform[s.modality] if isinstance(self.transform, dict) else self.transform
-        out = transform(self._load(i, s.path))
+        img = self._load(i, s.path)
+        out = transform(img, s) if getattr(transform, "takes_sample", False) else transform(img)
         item = dict(out) if isinstance(out, dict) else {"img": out}
         item.update({
             "index": torch.tensor(i, dtype=torch.int64),

@@ -37,7 +37,7 @@ from torch.utils.data import Sampler
 
 from unreid.memory.proxy import camera_proxies
 
-SAMPLERS = ("camera_aware", "random_identity", "proxy")
+SAMPLERS = ("camera_aware", "random_identity", "proxy", "shuffle")
 
 
 def _groups(labels: np.ndarray) -> list[np.ndarray]:
@@ -87,6 +87,32 @@ class _PassSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._peek())
+
+
+class ShuffleSampler(_PassSampler):
+    """Every clustered sample once per pass, in a random order: a plain shuffle, no identity structure
+    (GCL's loader, ``examples/main.py`` ``get_train_loader`` with ``num_instances=0``: ``shuffle=True`` over the
+    clustered images in stage 3, over all images in stage 2).
+
+    Args:
+        labels: ``(N,) int`` labels, ``-1`` = outlier (never yielded).
+        seed: seed of the sampler's own generator (pass ``p`` uses ``default_rng([seed, p])``).
+
+    Raises:
+        ValueError: ``labels`` not 1-D, or no label >= 0.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int = 0) -> None:
+        super().__init__(seed)
+        labels = np.asarray(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+        self.indices = np.flatnonzero(labels >= 0)
+        if self.indices.size == 0:
+            _groups(labels)  # raises the sampler's "no clustered sample" error
+
+    def _build(self, rng: np.random.Generator) -> list[int]:
+        return self.indices[rng.permutation(self.indices.size)].tolist()
 
 
 class CameraAwareSampler(_PassSampler):
@@ -297,7 +323,8 @@ def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_i
         batch_size: images per batch (P * K; ``random_identity`` needs a multiple of K).
         num_instances: K, images per identity in a batch.
         kind: ``"camera_aware"`` (CC RandomMultipleGallerySampler) | ``"random_identity"`` (P x K) |
-            ``"proxy"`` (P x K over (pseudo-label, camera) proxies, CAP's ClassUniformlySampler).
+            ``"proxy"`` (P x K over (pseudo-label, camera) proxies, CAP's ClassUniformlySampler) |
+            ``"shuffle"`` (every clustered sample once, random order: :class:`ShuffleSampler`).
         seed: seed of the sampler's own generator; the same seed gives the same passes.
 
     Returns:
@@ -311,6 +338,8 @@ def build_sampler(labels: np.ndarray, camids: np.ndarray, batch_size: int, num_i
             raise ValueError(f"batch_size ({batch_size}) must be >= num_instances ({num_instances})")
         cls = CameraAwareSampler if kind == "camera_aware" else ProxySampler
         return cls(labels, camids, num_instances, seed)
+    if kind == "shuffle":
+        return ShuffleSampler(labels, seed)
     if kind == "random_identity":
         if np.shape(camids) != np.shape(labels):
             raise ValueError(

@@ -71,14 +71,16 @@ class LabelHook(Hook):
 
 
 class LRSchedulerHook(Hook):
-    """After each epoch: one step of the schedulers of the stage's optimisers; ``record["lr"]`` is the
+    """After each epoch: one step of the schedulers of the stage's optimisers (none in a stage with
+    ``step_lr=False``); ``record["lr"]`` is the
     first optimiser's learning rate after it (``record["lrs"]``: every optimiser's, when there are several)."""
 
     priority = 20
 
     def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
         optim = trainer.optim
-        optim.step_schedulers(trainer.stage.optimizers if trainer.stage is not None else None)
+        if trainer.stage is None or trainer.stage.step_lr:
+            optim.step_schedulers(trainer.stage.optimizers if trainer.stage is not None else None)
         record["lr"] = optim.lr()
         if len(optim.names) > 1:
             record["lrs"] = {n: optim.lr(n) for n in optim.names}
@@ -86,7 +88,8 @@ class LRSchedulerHook(Hook):
 
 class EvaluationHook(Hook):
     """Evaluation on the test split every ``eval.every`` epochs and after the last (and on the validation
-    split with ``eval.select=val``); before training too, on a fresh run.
+    split with ``eval.select=val``); before training too, on a fresh run. Not in a stage with
+    ``evaluate=False``, but after the run's last epoch.
 
     Also keeps the **best test figure over all evaluations**, labelled ``test_selected`` in the records:
     what papers report (Cluster Contrast picks the best test mAP of its evaluations every 10 epochs,
@@ -105,6 +108,8 @@ class EvaluationHook(Hook):
 
     def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
         cfg, epoch = trainer.cfg, trainer.epoch
+        if trainer.stage is not None and not trainer.stage.evaluate and not trainer.is_last_epoch:
+            return
         if (epoch + 1) % cfg.eval.every == 0 or trainer.is_last_epoch:
             record["test"] = trainer.evaluate()
             log.info("epoch %d [%s] test: %s%s", epoch, trainer.mode, fmt_metrics(record["test"]),

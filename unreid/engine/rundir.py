@@ -72,7 +72,7 @@ RUN_FILES = (CHECKPOINT, BEST, METRICS, CONFIG)
 #: stopped run with ``keep``); ``eval.every`` does not change training (tests/test_trainer.py). Every
 #: other difference is refused, naming the keys: the run would no longer be described by one config.
 RESUME_MAY_DIFFER = frozenset({
-    "optim.epochs",
+    "optim.epochs", "method.gcl.joint_epochs",  # the length of the last stage: a run may be extended
     "output_dir", "name",
     "device", "data.root", "data.workers",
     "log_every", "eval.batch_size", "eval.every", "report", "report_ranklists", "tensorboard",

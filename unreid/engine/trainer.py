@@ -290,7 +290,7 @@ class Trainer:
         self.record: dict[str, Any] = {}
         self.epoch_start = time.time()
         self.hooks = sorted([LabelHook(), LRSchedulerHook(), EvaluationHook(), CheckpointHook(), *self.report_hooks,
-                             *self.user_hooks],
+                             *self.method.hooks(), *self.user_hooks],
                             key=lambda h: h.priority)
 
         #: DDP wrappers of the trained modules, per (stage, module) (:meth:`_distributed`)
@@ -304,6 +304,8 @@ class Trainer:
         dist.barrier()
         if self.run.resume_from is not None:
             self.load(self.run.resume_from)
+        else:
+            self.method.on_fresh_start()
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -408,7 +410,7 @@ class Trainer:
 
         from unreid.data.loader import IterLoader, build_train_loader
 
-        if self.method.labels is None:
+        if self.method.labels is None and (self.stage is None or self.stage.needs_labels):
             raise TrainingStopped(f"epoch {epoch}: no labels to sample from (the stage does not relabel and no "
                                   "earlier stage made labels)")
         sampler = self.method.sampler(self.method.labels, seed=self.cfg.seed * 1000 + epoch)
@@ -420,8 +422,12 @@ class Trainer:
                                     transform=self.method.train_transform(),
                                     batch_size=batch_size // self.world_size)
         if len(loader) == 0:
+            labels = self.method.labels
+            if labels is None:
+                raise TrainingStopped(f"epoch {epoch}: the sampler yields {len(sampler)} images, less than one batch "
+                                      f"of {batch_size}; lower data.batch_size")
             raise TrainingStopped(
-                f"epoch {epoch}: the sampler yields {len(sampler)} images from {self.method.labels.num_clusters} "
+                f"epoch {epoch}: the sampler yields {len(sampler)} images from {labels.num_clusters} "
                 f"clusters, less than one batch of {batch_size}; lower data.batch_size, or raise "
                 "pseudo_labels.eps so that more samples are clustered")
         iters = self.cfg.optim.iters or len(loader)

@@ -2,8 +2,9 @@
 
 from unreid.methods.base import METHODS, Method, StepOutput, build_method, register_method
 from unreid.methods.cluster_contrast import ClusterContrast
+from unreid.methods.gcl import GCL
 from unreid.methods.hhcl import HHCL
 from unreid.methods.mbccm import MBCCM
 from unreid.methods.tcl import TCL
 
-__all__ = ["METHODS", "MBCCM", "ClusterContrast", "HHCL", "Method", "StepOutput", "TCL", "build_method", "register_method"]
+__all__ = ["GCL", "METHODS", "MBCCM", "ClusterContrast", "HHCL", "Method", "StepOutput", "TCL", "build_method", "register_method"]

@@ -76,6 +76,12 @@ class Stage:
         lr: ``"continue"`` (the schedules go on across the boundary) or ``"restart"`` (the stage's optimisers
             start again from their initial learning rate and a fresh schedule).
         relabel: refresh the pseudo-labels and memories before each epoch of this stage.
+        needs_labels: the stage trains on pseudo-labels (``False``: its sampler runs without any, e.g. GCL's
+            generator stage, which sees every training image once per epoch).
+        step_lr: step the stage's schedulers after each epoch (``False``: constant learning rates during the
+            stage, as GCL's stage 2, whose public code never calls its schedulers there).
+        evaluate: evaluate after the stage's epochs (``eval.every``); ``False`` skips it but after the run's
+            last epoch (e.g. a stage whose re-ID model is frozen: every evaluation would give the same figures).
     """
 
     name: str
@@ -86,6 +92,9 @@ class Stage:
     sampler: str | None = None
     lr: str = "continue"
     relabel: bool = True
+    needs_labels: bool = True
+    step_lr: bool = True
+    evaluate: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -196,6 +205,14 @@ class Method:
         optim.zero_grad(stage.optimizers)
         optim.backward(out.losses["loss"])
         optim.step(stage.optimizers)
+
+    def hooks(self) -> list[Any]:
+        """Hooks the method adds to the loop (:class:`unreid.engine.hooks.Hook`; e.g. GCL's image grids). Default none."""
+        return []
+
+    def on_fresh_start(self) -> None:
+        """Called once by the engine when a run starts from scratch (not when it resumes: the checkpoint then
+        restores everything), before training; e.g. GCL's warm start of the identity encoder. Default: nothing."""
 
     # ------------------------------------------------------------------ features and labels
     def extract(self, samples: list[Sample], extractor: Extractor) -> dict[str, Tensor]:
@@ -332,13 +349,15 @@ class Method:
         memory updates see the parts put back together (:class:`unreid.engine.dist.ShardedBatchSampler`)."""
         return 1
 
-    def sampler(self, labels: PseudoLabels, seed: int) -> Sampler:
+    def sampler(self, labels: PseudoLabels | None, seed: int) -> Sampler:
         """The P x K sampler over the clustered samples (outliers left out); the stage's ``sampler`` kind
-        when it names one, else ``data.sampler``."""
+        when it names one, else ``data.sampler``. ``labels`` is ``None`` in a stage without labels
+        (``Stage.needs_labels=False``): every sample then counts as clustered (for ``"shuffle"``)."""
         from unreid.data.samplers import build_sampler
 
         kind = (self.stage.sampler if self.stage is not None else None) or self.cfg.data.sampler
-        return build_sampler(labels.labels, self.camids, batch_size=self.cfg.data.batch_size,
+        lab = labels.labels if labels is not None else np.zeros(len(self.train_set), dtype=np.int64)
+        return build_sampler(lab, self.camids, batch_size=self.cfg.data.batch_size,
                              num_instances=self.cfg.data.num_instances, kind=kind, seed=seed)
 
     def forward(self, batch: dict[str, Tensor], module: nn.Module | None = None) -> Tensor:

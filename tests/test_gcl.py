@@ -1,0 +1,276 @@
+"""GCL (unreid/methods/gcl.py, unreid/losses/gcl.py, unreid/data/structure.py): the memory loss on hand-built
+examples, the negative cap, the structure views in the authors' mesh layout and the stand-in, the warm start's
+report, and short stage-2 + stage-3 runs on the synthetic set (the encoder untouched in stage 2, the
+reconstruction loss falling, the memory filled once and clustered, exact resume across the stage boundary)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.io import write_png
+
+from tests.conftest import metrics_rows, tiny_overrides
+from unreid.config import ConfigError, load_config
+from unreid.data.datasets.base import Sample
+from unreid.losses.gcl import sample_per_row, view_invariant_memory_loss
+
+
+def _nce(pos: float, negs: list[float], tau: float) -> float:
+    """-log softmax of the positive, by hand."""
+    z = [pos / tau] + [n / tau for n in negs]
+    return -(z[0] - math.log(sum(math.exp(v) for v in z)))
+
+
+def test_memory_loss_on_a_hand_built_example():
+    # rows: m0 (1,0) alone in cluster 0; m1 (0,1), m2 (-1,0) in cluster 1; m3 (0,-1) outlier
+    mem = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], requires_grad=True)
+    labels = torch.tensor([0, 1, 1, -1])
+    f = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    f_nv = torch.tensor([[0.6, 0.8]], requires_grad=True)
+    tau = 0.5
+    out = view_invariant_memory_loss(f, f_nv, mem, labels, torch.tensor([0]), tau, negatives=8192)
+    neg_nv = [0.8, -0.6, -0.8]  # f_nv . m1, m2, m3: every row of another cluster, the outlier included
+    want_self = _nce(0.6, neg_nv, tau)
+    want_orig = _nce(1.0, neg_nv, tau)  # the public code: the novel view's negative logits in all three terms
+    assert out["memory_self"].item() == pytest.approx(want_self, rel=1e-5)
+    assert out["memory_cluster_novel"].item() == pytest.approx(want_self, rel=1e-5)  # its cluster is itself
+    assert out["memory_cluster_original"].item() == pytest.approx(want_orig, rel=1e-5)
+    assert out["memory"].item() == pytest.approx(2 * want_self + want_orig, rel=1e-5)
+    assert out["negatives"].item() == 3
+    own = view_invariant_memory_loss(f, f_nv, mem, labels, torch.tensor([0]), tau, 8192, negative_logits="own")
+    assert own["memory_cluster_original"].item() == pytest.approx(_nce(1.0, [0.0, -1.0, 0.0], tau), rel=1e-5)
+    out["memory"].backward()
+    assert mem.grad is None and f.grad is not None and f_nv.grad is not None
+
+
+def test_memory_loss_cluster_positive_is_a_random_member():
+    mem = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    f = torch.tensor([[1.0, 0.0]])
+    f_nv = torch.tensor([[1.0, 0.0]])
+    tau = 1.0
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(40):
+        v = view_invariant_memory_loss(f, f_nv, mem, labels, torch.tensor([0]), tau, 10)["memory_cluster_novel"]
+        seen.add(round(v.item(), 5))
+    # positive m0 (f.m0 = 1) or m1 (f.m1 = 0), the image itself allowed; negative m2 (-1)
+    assert seen == {round(_nce(1.0, [-1.0], tau), 5), round(_nce(0.0, [-1.0], tau), 5)}
+
+
+def test_negatives_are_capped_per_row_by_what_exists():
+    # cluster 0 = rows 0-2 (identical), row 3 its own cluster: row 0 has 1 negative, row 3 has 3
+    mem = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    f_nv = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
+    tau = 0.5
+    for k in (2, 8192):  # more than one row has: the public code would stack rows of unequal length and crash
+        out = view_invariant_memory_loss(f, f_nv, mem, labels, torch.tensor([0, 3]), tau, k)
+        kk = min(k, 3)
+        assert out["negatives"].item() == kk
+        row0 = 2 * _nce(0.6, [0.8], tau) + _nce(1.0, [0.8], tau)
+        row3 = 2 * _nce(0.6, [0.8] * kk, tau) + _nce(1.0, [0.8] * kk, tau)
+        assert out["memory"].item() == pytest.approx((row0 + row3) / 2, rel=1e-5)
+
+
+def test_sample_per_row_draws_only_allowed_columns_without_repeats():
+    torch.manual_seed(1)
+    mask = torch.rand(6, 50) < 0.3
+    mask[2] = False
+    idx, valid = sample_per_row(mask, 7)
+    assert idx.shape == (6, 7)
+    for r in range(6):
+        picked = idx[r][valid[r]].tolist()
+        assert len(picked) == min(7, int(mask[r].sum())) and len(set(picked)) == len(picked)
+        assert all(bool(mask[r, c]) for c in picked)
+
+
+def test_memory_loss_refuses_an_outlier_in_the_batch():
+    mem = F.normalize(torch.randn(4, 3), dim=1)
+    with pytest.raises(ValueError, match="outlier"):
+        view_invariant_memory_loss(mem[:1], mem[:1], mem, torch.tensor([-1, 0, 0, 1]), torch.tensor([0]))
+
+
+# ------------------------------------------------------------------ structure views
+def _grey_png(path: Path, value: int, h: int = 16, w: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(torch.full((1, h, w), value, dtype=torch.uint8), str(path))
+
+
+def test_mesh_views_read_the_authors_layout(tmp_path):
+    from unreid.data.structure import StructureViews, check_mesh_dir
+
+    img = tmp_path / "bounding_box_train" / "0001_c1s1_000151_01.jpg"
+    mesh = tmp_path / "mesh"
+    _grey_png(mesh / "train" / "render" / img.name, 255)
+    for d in (45, 90):
+        _grey_png(mesh / "train" / f"render_{d}" / img.name, d)
+    sample = Sample(str(img), -1, 0)
+    check_mesh_dir(mesh, [sample], [45, 90])
+    views = StructureViews(lambda x: x.float(), (32, 16), "mesh", str(mesh), [45, 90])
+    got = set()
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = views(torch.zeros(3, 8, 4, dtype=torch.uint8), sample)
+        assert out["mesh"].shape == (1, 32, 16) and torch.allclose(out["mesh"], torch.ones(1, 32, 16))  # 255 -> 1
+        got.add(round(out["mesh_nv"].mean().item(), 3))
+    assert got == {round((d / 255 - 0.5) / 0.5, 3) for d in (45, 90)}  # both novel angles, normalised 0.5 / 0.5
+    with pytest.raises(FileNotFoundError, match="render_135"):
+        check_mesh_dir(mesh, [sample], [45, 90, 135])
+
+
+def test_mesh_views_find_msmt_style_nested_names(tmp_path):
+    from unreid.data.structure import find_mesh
+
+    img = tmp_path / "train" / "0001" / "0001_011_01_0303morning_0015_0.jpg"
+    target = tmp_path / "mesh" / "train" / "render" / "0001" / img.name
+    _grey_png(target, 10)
+    assert find_mesh(tmp_path / "mesh", str(img), "render") == target
+
+
+def test_edge_stand_in_gives_two_structure_views():
+    from unreid.data.structure import StructureViews, sobel_edges
+
+    img = torch.zeros(3, 32, 16, dtype=torch.uint8)
+    img[:, :, 8:] = 200  # one vertical edge
+    views = StructureViews(lambda x: x.float() / 255, (32, 16), "edges")
+    out = views(img, Sample("x.jpg", -1, 0))
+    assert out["img"].shape == (3, 32, 16) and out["mesh"].shape == out["mesh_nv"].shape == (1, 32, 16)
+    assert out["mesh"].min() >= -1 and out["mesh"].max() <= 1
+    edge = sobel_edges(torch.zeros(1, 8, 8).index_fill_(2, torch.arange(4, 8), 1.0))
+    assert edge[0, :, 3:5].min() == 1.0 and edge[0, :, :2].max() == 0.0 and edge[0, :, 6:].max() == 0.0
+
+
+# ------------------------------------------------------------------ runs
+def _gcl(root, out, **extra) -> list[str]:
+    o = {"method.name": "gcl", "method.gcl.generator_epochs": 1, "method.gcl.joint_epochs": 2,
+         "method.gcl.gen_dim": 8, "method.gcl.mlp_dim": 32, "method.gcl.dis_dim": 8, "method.gcl.image_every": 2,
+         "method.gcl.negatives": 64, "data.batch_size": 8, "optim.iters": 3, "pseudo_labels.rho": 0.02,
+         "pseudo_labels.k1": 10, "pseudo_labels.min_samples": 2, "eval.every": 1}
+    o.update(extra)
+    return tiny_overrides(root, out, **o)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def gcl_full_run(synthetic_root, tmp_path_factory):
+    """One GCL run: 1 epoch of stage 2, 2 of stage 3, 2 steps each; the encoder's and generator's weights at the
+    start and at the end of stage 2, the reconstruction loss of every step, and how often the memory was filled."""
+    from unreid.engine.hooks import Hook
+    from unreid.engine.trainer import Trainer
+    from unreid.memory.instance import InstanceMemory
+
+    out = tmp_path_factory.mktemp("gcl") / "full"
+    cfg = load_config(None, _gcl(synthetic_root, out, **{"optim.named.generator.step_size": 1}))
+    tr = Trainer(cfg)
+    seen: dict = {"recon": [], "start": (_state(tr.model), _state(tr.method.generator)), "fills": 0}
+
+    class Watch(Hook):
+        def after_step(self, trainer, vals):
+            seen["recon"].append(vals["recon"])
+
+        def after_stage(self, trainer, stage):
+            if stage.name == "generator":
+                seen["end_stage2"] = (_state(trainer.model), _state(trainer.method.generator))
+                seen["labels_stage2"] = trainer.method.labels
+
+    tr.hooks.append(Watch())
+    orig_build = InstanceMemory.build
+
+    def counting_build(self, *a, **k):
+        seen["fills"] += 1
+        return orig_build(self, *a, **k)
+
+    InstanceMemory.build = counting_build
+    try:
+        tr.train()
+    finally:
+        InstanceMemory.build = orig_build
+    seen["end"] = _state(tr.model)
+    seen["out"] = out
+    return seen
+
+
+def test_stage2_trains_the_generator_only_then_stage3_trains_all(gcl_full_run):
+    run = gcl_full_run
+    (enc0, gen0), (enc1, gen1) = run["start"], run["end_stage2"]
+    assert all(torch.equal(enc0[k], enc1[k]) for k in enc0), "stage 2 must leave the identity encoder untouched"
+    assert any(not torch.equal(gen0[k], gen1[k]) for k in gen0)
+    assert run["labels_stage2"] is None  # no labelling in stage 2
+    assert any(not torch.equal(enc1[k], v) for k, v in run["end"].items())  # stage 3 trains the encoder
+    assert np.mean(run["recon"][-2:]) < np.mean(run["recon"][:2])  # the reconstruction improves
+    assert list((run["out"] / "images").glob("*.png"))  # the image grid every 2 steps
+    assert run["fills"] == 1  # the memory is filled at the first labelling of stage 3 only
+    rows = [r for r in metrics_rows(run["out"]) if r["epoch"] >= 0]
+    assert [r["stage"] for r in rows] == ["generator", "joint", "joint"]
+    assert "test" not in rows[0] and "pseudo_labels" not in rows[0]  # frozen encoder: no evaluation, no labels
+    assert all("memory" in r["losses"] and "pseudo_labels" in r and "test" in r for r in rows[1:])
+    lr = [r["lrs"] for r in rows]
+    assert lr[0] == pytest.approx({"model": 3.5e-4, "generator": 1e-4, "discriminator": 1e-4})  # not stepped in stage 2
+    assert [x["generator"] for x in lr[1:]] == pytest.approx([1e-5, 1e-6])  # stepped in stage 3 (step_size 1 here)
+
+
+def test_gcl_resumes_exactly_inside_stage3(gcl_full_run, synthetic_root, tmp_path):
+    from unreid.engine.trainer import Trainer
+
+    over = {"optim.named.generator.step_size": 1}
+    Trainer(load_config(None, _gcl(synthetic_root, tmp_path / "part", **over, **{"method.gcl.joint_epochs": 1}))).train()
+    Trainer(load_config(None, _gcl(synthetic_root, tmp_path / "part", **over)), resume=True).train()
+    a = torch.load(gcl_full_run["out"] / "checkpoint_last.pth", weights_only=False)
+    b = torch.load(tmp_path / "part" / "checkpoint_last.pth", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for name in ("generator", "discriminator"):
+        for k, v in a["modules"][name].items():
+            assert torch.equal(v, b["modules"][name][k]), (name, k)
+    assert torch.equal(a["method"]["memories"]["instances"]["features"], b["method"]["memories"]["instances"]["features"])
+    assert torch.equal(a["method"]["labels"], b["method"]["labels"])
+
+
+def test_warm_start_says_what_it_loaded(synthetic_root, tmp_path):
+    from tests.conftest import write_checkpoint
+    from unreid.methods.gcl import warm_start
+    from unreid.models import build_model
+
+    base = load_config(None, tiny_overrides(synthetic_root, tmp_path / "a"))
+    ckpt = write_checkpoint(base, tmp_path / "cc.pth", seed=3)
+    gcl_cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "b", **{"model.embedding_dim": 16,
+                                                                                   "model.pooling": "avg"}))
+    model = build_model(gcl_cfg.model)
+    rep = warm_start(model, ckpt)
+    saved = torch.load(ckpt, weights_only=False)["model"]
+    assert "embedding.weight" in rep["initialised"] and "backbone.conv1.weight" in rep["loaded"]
+    assert "neck.bn.weight" in rep["shape_mismatch"] or any("neck" in k for k in rep["shape_mismatch"])
+    assert torch.equal(model.state_dict()["backbone.conv1.weight"], saved["backbone.conv1.weight"])
+    torch.save({"model": {"other.weight": torch.zeros(3)}}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="none of its 1 tensors"):
+        warm_start(model, tmp_path / "bad.pth")
+
+
+def test_gcl_config_errors(synthetic_root, tmp_path):
+    with pytest.raises(ConfigError, match="mesh_dir"):
+        load_config(None, _gcl(synthetic_root, tmp_path / "x", **{"method.gcl.structure": "mesh"}))
+    with pytest.raises(ConfigError, match="multiples of 45"):
+        load_config(None, _gcl(synthetic_root, tmp_path / "x", **{"method.gcl.novel_degrees": "[30]"}))
+
+
+def test_shuffle_sampler_yields_each_clustered_sample_once_per_pass():
+    from unreid.data.samplers import build_sampler
+
+    labels = np.array([0, -1, 1, 1, -1, 2, 0, 3])
+    s = build_sampler(labels, np.zeros(8, dtype=int), batch_size=4, num_instances=2, kind="shuffle", seed=5)
+    first, second = list(s), list(s)
+    assert sorted(first) == sorted(second) == [0, 2, 3, 5, 6, 7] and len(s) == 6
+    again = build_sampler(labels, np.zeros(8, dtype=int), 4, 2, kind="shuffle", seed=5)
+    assert list(again) == first  # the same seed, the same passes
+    with pytest.raises(ValueError, match="no clustered sample"):
+        build_sampler(np.full(3, -1), np.zeros(3, dtype=int), 4, 2, kind="shuffle")
