@@ -316,3 +316,22 @@ def test_bad_inputs_raise():
         AdaptiveInstanceNorm2d(3)(torch.randn(2, 3, 2, 2), torch.randn(3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="split evenly"):
         AdaINDecoder(16, parts=3, in_channels=64, n_res=4)
+
+
+def test_dis_loss_multi_equals_the_sum_of_single_losses():
+    from unreid.models.generator import MultiScaleDiscriminator
+
+    torch.manual_seed(0)
+    d = MultiScaleDiscriminator(dim=4, n_layer=1, num_scales=2, n_res=1)
+    real = torch.randn(2, 3, 16, 8)
+    fakes = [torch.randn(2, 3, 16, 8) for _ in range(3)]
+    d.zero_grad()
+    one = sum(d.dis_loss(f, real) for f in fakes)
+    one.backward()
+    g1 = [p.grad.clone() for p in d.parameters()]
+    d.zero_grad()
+    multi = d.dis_loss_multi(fakes, real)
+    multi.backward()
+    assert multi.item() == pytest.approx(one.item(), rel=1e-6)
+    for a, b in zip(g1, [p.grad for p in d.parameters()]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -207,7 +207,7 @@ class GCLConfig:
     #: resumed with ``--resume``), and warm-start from its last checkpoint (ours; the paper used JVTC)
     warmup_config: str | None = None
     generator_epochs: int = 40  #: stage 2 (train_stage2_*.sh --epochs 40): G and D, identity encoder frozen
-    joint_epochs: int = 20  #: stage 3 (ANCHORS.md; train_stage3_market.sh passes --epochs 40)
+    joint_epochs: int = 20  #: stage 3 (train_stage3_{duke,msmt}.sh --epochs 20; Market: 40)
     parts: int = 4  #: horizontal stripes of the appearance code (ft_net ``part = 4``)
     #: "mesh": the authors' pre-rendered views in ``mesh_dir``; "edges": a stand-in computed from the image
     #: itself (docs/methods/gcl.md: NOT the paper's method); "auto": mesh when ``mesh_dir`` is set, else edges

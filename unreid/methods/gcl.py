@@ -314,7 +314,7 @@ class GCL(Method):
         names = list(stage.optimizers or optim.names)
         if "discriminator" in names:
             optim.zero_grad(["discriminator"])
-            d_loss = s.gan_weight * sum(d.dis_loss(o[k].detach(), o["real"]) for k in FAKES)
+            d_loss = s.gan_weight * d.dis_loss_multi([o[k].detach() for k in FAKES], o["real"])
             optim.backward(d_loss)
             optim.step(["discriminator"])
             out.losses["dis"] = d_loss.detach()

@@ -584,6 +584,28 @@ class MultiScaleDiscriminator(nn.Module):
             loss = loss + of.pow(2).mean() + (orr - 1).pow(2).mean()
         return loss + self.gp_weight * self._penalty(outs_real, real)
 
+    def dis_loss_multi(self, fakes: list[Tensor], real: Tensor) -> Tensor:
+        """``sum(dis_loss(f, real) for f in fakes)``, with the real images' scores and penalty computed once and
+        counted ``len(fakes)`` times: the same value and gradients as the public trainer's three
+        ``calc_dis_loss`` calls (recon, novel view, cycle), with one real forward and one double-backward pass
+        instead of three.
+
+        Raises:
+            ValueError: no fake, or as :meth:`forward`.
+        """
+        if not fakes:
+            raise ValueError("dis_loss_multi needs at least one batch of fakes")
+        real = real.detach().requires_grad_(True)
+        outs_real = self(real)
+        loss = real.new_zeros(())
+        for orr in outs_real:
+            loss = loss + (orr - 1).pow(2).mean()
+        loss = len(fakes) * (loss + self.gp_weight * self._penalty(outs_real, real))
+        for fake in fakes:
+            for of in self(fake):
+                loss = loss + of.pow(2).mean()
+        return loss
+
     def gen_loss(self, fake: Tensor) -> Tensor:
         """Adversarial loss of the generator (public ``calc_gen_loss``, ``lsgan``): summed over scales,
         ``2 * mean((D_k(fake) - 1) ** 2)`` (the public code's factor 2).
