@@ -291,3 +291,18 @@ def test_shuffle_sampler_yields_each_clustered_sample_once_per_pass():
     assert list(again) == first  # the same seed, the same passes
     with pytest.raises(ValueError, match="no clustered sample"):
         build_sampler(np.full(3, -1), np.zeros(3, dtype=int), 4, 2, kind="shuffle")
+
+
+def test_published_configs_carry_the_public_codes_values():
+    root = Path(__file__).resolve().parents[1] / "configs" / "gcl"
+    want = {"market1501": (40, 0.002), "dukemtmc": (20, 0.002), "msmt17": (20, 0.0012)}
+    for name, (joint, rho) in want.items():
+        c = load_config(root / f"{name}.yaml")
+        g = c.method.gcl
+        assert (c.method.name, c.model.backbone, c.model.embedding_dim, c.model.pooling) == ("gcl", "resnet50", 512, "avg")
+        assert (c.data.height, c.data.width, c.data.batch_size, c.data.sampler) == (256, 128, 16, "shuffle")
+        assert (c.data.flip_p, c.data.random_erasing_p, c.data.pad) == (0.0, 0.0, 0)  # no augmentation
+        assert (g.generator_epochs, g.joint_epochs, c.pseudo_labels.rho, c.pseudo_labels.k1) == (40, joint, rho, 30)
+        assert (g.memory_momentum, g.memory_temperature, g.negatives) == (0.2, 0.04, 8192)
+        assert (g.recon_weight, g.cycle_weight, g.feature_weight, g.gan_weight, g.memory_weight) == (5, 5, 5, 1, 1)
+        assert (c.optim.iters, c.eval.select) == (0, "last")
