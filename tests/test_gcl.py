@@ -306,3 +306,32 @@ def test_published_configs_carry_the_public_codes_values():
         assert (g.memory_momentum, g.memory_temperature, g.negatives) == (0.2, 0.04, 8192)
         assert (g.recon_weight, g.cycle_weight, g.feature_weight, g.gan_weight, g.memory_weight) == (5, 5, 5, 1, 1)
         assert (c.optim.iters, c.eval.select) == (0, "last")
+
+
+def test_warmup_config_trains_stage1_in_the_same_command(synthetic_root, tmp_path):
+    import yaml
+
+    from unreid.engine.trainer import Trainer
+
+    warm = dict(kv.split("=", 1) for kv in tiny_overrides(synthetic_root, tmp_path / "ignored",
+                                                         **{"optim.epochs": 1, "optim.iters": 2, "eval.every": 5}))
+    tree: dict = {}
+    for key, value in warm.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    (tmp_path / "warm.yaml").write_text(yaml.safe_dump(tree))
+    out = tmp_path / "gcl"
+    cfg = load_config(None, _gcl(synthetic_root, out, **{"method.gcl.warmup_config": str(tmp_path / "warm.yaml"),
+                                                         "method.gcl.generator_epochs": 1,
+                                                         "method.gcl.joint_epochs": 0, "optim.iters": 1}))
+    tr = Trainer(cfg)
+    ckpt = out / "warmup" / "checkpoint_last.pth"
+    assert ckpt.is_file()  # stage 1 ran in <output_dir>/warmup
+    saved = torch.load(ckpt, weights_only=False)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in tr.model.state_dict().items())  # the same head: all loaded
+    text = (out / "train.log").read_text()  # the GCL run's log goes on after the warm-up's
+    assert "GCL warm start from" in text and "stage 1 done" in text
+    assert "GCL warm start" not in (out / "warmup" / "train.log").read_text()

@@ -350,7 +350,8 @@ class GCL(Method):
 
 def run_warmup(config: str, output_dir: Path, parent: Any) -> Path:
     """Stage 1 in the same command: train ``config`` into ``output_dir`` (resuming what is there) and return its
-    ``checkpoint_last.pth``. The warm-up keeps the GCL run's data, seed and device.
+    ``checkpoint_last.pth``. The warm-up keeps the GCL run's data, seed and device; its log goes to its own
+    ``train.log``, and the GCL run's logging is restored afterwards.
 
     Raises:
         FileNotFoundError: ``config`` does not exist.
@@ -365,7 +366,18 @@ def run_warmup(config: str, output_dir: Path, parent: Any) -> Path:
     cfg = load_config(config, overrides)
     ckpt = output_dir / "checkpoint_last.pth"
     log.info("GCL stage 1: training the warm-up %s in %s%s", config, output_dir, " (resumed)" if ckpt.is_file() else "")
-    Trainer(cfg, resume=ckpt.is_file()).train()
+    handlers = list(log.handlers)  # the GCL run's train.log / stdout: the warm-up's Trainer replaces them
+    try:
+        Trainer(cfg, resume=ckpt.is_file()).train()
+    finally:
+        for h in list(log.handlers):
+            if h not in handlers:
+                log.removeHandler(h)
+                h.close()
+        for h in handlers:
+            if h not in log.handlers:
+                log.addHandler(h)  # a closed FileHandler reopens its file (append mode) at the next record
+    log.info("GCL stage 1 done: %s", ckpt)
     return ckpt
 
 
