@@ -12,9 +12,10 @@ pose from the rendering. Two sources here (``method.gcl.structure``):
   two path components (MSMT17's ``<pid>/<file>``), whichever exists.
 * ``"edges"``: a **stand-in, not the paper's method**, for users without meshes (SMPL's body models are
   licensed and HMR needs them; docs/methods/gcl.md): the Sobel edge magnitude of the grey image, scaled
-  to [0, 1] per image and normalised like a mesh view; the novel view is the edge map of a randomly
-  flipped and affinely warped copy (torchvision ``RandomHorizontalFlip`` + ``RandomAffine``: +-10 degrees,
-  10 % translation, scale 0.9-1.1). It changes pose and framing a little; it cannot turn a person round.
+  to [0, 1] per image and normalised like a mesh view; the novel view is that edge map randomly flipped and
+  affinely warped (torchvision ``RandomHorizontalFlip`` + ``RandomAffine``: +-10 degrees, 10 % translation, scale
+  0.9-1.1; the edges are warped, not the image, so the warp's border draws no edge). It changes pose and
+  framing a little; it cannot turn a person round.
 """
 
 from __future__ import annotations
@@ -140,8 +141,9 @@ class StructureViews:
         rgb = torch.as_tensor(img).float() / 255.0
         grey = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).unsqueeze(0)
         grey = F.interpolate(grey.unsqueeze(0), size=self.size, mode="bilinear", align_corners=False)[0]
-        out["mesh"] = self._normalise(sobel_edges(grey))
-        out["mesh_nv"] = self._normalise(sobel_edges(self.warp(grey)))
+        edges = sobel_edges(grey)
+        out["mesh"] = self._normalise(edges)
+        out["mesh_nv"] = self._normalise(self.warp(edges))  # warping the edge map: no edge along the warp's border
         return out
 
 
