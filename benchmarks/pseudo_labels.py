@@ -15,6 +15,19 @@ Peak RSS per stage: the kernel's high-water mark (``VmHWM``) is reset before eac
 not possible, the running peak of ``resource.getrusage(...).ru_maxrss`` is printed instead. Both
 include the Python interpreter, the imported libraries (torch alone is about 0.5 GiB here) and the
 features; the "baseline" line gives that floor.
+
+Matrix-product throughput: with ``--knn exact`` on CPU the script also times plain float32
+``torch.mm`` products ``(b, d) x (d, b)`` for ``b`` = 1024, 2048, 4096 (the shapes of the search's
+blocks), best of several, once before and once after the k-NN stage, in the same process and with
+the same threads; the larger figure is the machine's GEMM throughput. The k-NN stage is reported
+against it two ways:
+
+* ``performed``: the multiply-adds the symmetric search really does, ``2 d sum_{I <= J} b_I b_J``
+  over its block pairs (the upper block triangle plus the full diagonal blocks), divided by the
+  stage's wall time and by the GEMM throughput: how close the whole stage (products, selection,
+  merging, Python) runs to a bare ``torch.mm`` doing the same products;
+* ``full-product equivalent``: ``2 N^2 d`` (a plain, non-symmetric search) over the same time and
+  throughput; above 1 when the symmetry saves more than the selection costs.
 """
 
 from __future__ import annotations
@@ -107,6 +120,38 @@ def make_features(n: int, dim: int, seed: int = 0, per_id: int = 16, cams: int =
     return out, ids.numpy(), cam.numpy()
 
 
+def gemm_gflops(dim: int, sizes: tuple[int, ...] = (1024, 2048, 4096), reps: int = 4, seed: int = 0,
+                ) -> dict[int, float]:
+    """Best-of-``reps`` float32 ``torch.mm`` throughput (GFLOP/s) of ``(b, dim) x (dim, b)`` products.
+
+    Same call as the k-NN search: ``torch.mm(a, b.T, out=...)`` into a preallocated result, on two
+    different random operand blocks; one untimed warm-up call per size.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for b in sizes:
+        a = torch.randn(b, dim, generator=g)
+        c = torch.randn(b, dim, generator=g)
+        res = torch.from_numpy(np.empty((b, b), dtype=np.float32))
+        torch.mm(a, c.T, out=res)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, c.T, out=res)
+            best = min(best, time.perf_counter() - t0)
+        out[b] = 2.0 * b * b * dim / best / 1e9
+    return out
+
+
+def knn_block_sizes(n: int, block: int) -> list[int]:
+    """Rows of each block of the exact CPU search as the installed ``unreid`` cuts them."""
+    knn_mod = importlib.import_module("unreid.pseudo_labels.knn")
+    if hasattr(knn_mod, "_block_bounds"):  # nearly equal blocks of at most min(block, CPU_BLOCK) rows
+        bounds = knn_mod._block_bounds(n, min(block, getattr(knn_mod, "CPU_BLOCK", block)))
+        return [e - s for s, e in bounds]
+    return [min(block, n - s) for s in range(0, n, block)]  # before 2026-12-06: fixed blocks + remainder
+
+
 def _dense_oracle():
     """The dense reference implementation written in tests/test_jaccard.py."""
     path = Path(__file__).resolve().parents[1] / "tests" / "test_jaccard.py"
@@ -127,7 +172,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.6)
     p.add_argument("--min-samples", type=int, default=4)
     p.add_argument("--rho", type=float, default=None, help="GCL rho-adaptive eps instead of --eps")
-    p.add_argument("--knn-block", type=int, default=4096)
+    p.add_argument("--knn-block", type=int, default=None, help="default: PseudoLabelConfig's knn_block")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--hnsw-ef-construction", type=int, default=64)
     p.add_argument("--hnsw-ef-search", type=int, default=128)
@@ -174,6 +219,13 @@ def main() -> None:
     print(f"baseline (interpreter + libraries + features): RSS {meter.current():.2f} GiB "
           f"(peak RSS measured as {out['peak_rss']})")
     out["baseline_rss_gib"] = round(meter.current(), 3)
+    if args.knn_block is None:
+        args.knn_block = PseudoLabelConfig().knn_block
+    measure_gemm = args.knn == "exact"
+    if measure_gemm:
+        gemm_before = gemm_gflops(args.dim)
+        print("GEMM float32 torch.mm (b x d) x (d x b), best of 4: "
+              + ", ".join(f"b={b}: {g:.1f}" for b, g in gemm_before.items()) + " GFLOP/s")
     cfg = PseudoLabelConfig(cluster=args.cluster, k1=args.k1, k2=args.k2, eps=args.eps,
                             min_samples=args.min_samples, rho=args.rho, knn=args.knn, knn_block=args.knn_block,
                             hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction,
@@ -187,12 +239,32 @@ def main() -> None:
         t0 = time.perf_counter()
         res = fn(*a)
         dt = time.perf_counter() - t0
-        stages[name] = {"time_s": round(dt, 2), "peak_rss_gib": round(meter.peak(), 3)}
+        stages[name] = {"time_s": round(dt, 2), "time_s_exact": dt, "peak_rss_gib": round(meter.peak(), 3)}
         print(f"  {name:<22s} {dt:8.2f} s   peak RSS {stages[name]['peak_rss_gib']:.2f} GiB")
         return res
 
     f = stage("check features", check_features, f)
     neighbours = stage(f"k-NN ({args.knn})", labeler.neighbours, f)
+    if measure_gemm:
+        gemm_after = gemm_gflops(args.dim)
+        gemm_peak = max(*gemm_before.values(), *gemm_after.values())
+        blocks = knn_block_sizes(args.n, args.knn_block)
+        performed = float(args.dim) * (float(args.n) ** 2 + sum(float(b) ** 2 for b in blocks))
+        full = 2.0 * float(args.n) ** 2 * args.dim
+        t_knn = stages[f"k-NN ({args.knn})"]["time_s_exact"]
+        frac_performed = performed / t_knn / 1e9 / gemm_peak
+        frac_full = full / t_knn / 1e9 / gemm_peak
+        print("GEMM again after the k-NN: " + ", ".join(f"b={b}: {g:.1f}" for b, g in gemm_after.items())
+              + f" GFLOP/s; peak (largest) {gemm_peak:.1f} GFLOP/s")
+        print(f"  k-NN blocks: {len(blocks)} of {max(blocks)} rows or fewer; performed "
+              f"{performed / 1e12:.3f} TFLOP = {performed / t_knn / 1e9:.1f} GFLOP/s = {frac_performed:.1%} of "
+              f"GEMM peak; full-product equivalent 2 N^2 d = {full / 1e12:.3f} TFLOP -> {frac_full:.1%}")
+        out["gemm"] = {"before_knn_gflops": {str(b): round(g, 1) for b, g in gemm_before.items()},
+                       "after_knn_gflops": {str(b): round(g, 1) for b, g in gemm_after.items()},
+                       "peak_gflops": round(gemm_peak, 1), "knn_blocks": len(blocks),
+                       "knn_block_rows": max(blocks), "knn_tflop_performed": round(performed / 1e12, 4),
+                       "knn_tflop_full": round(full / 1e12, 4), "fraction_performed": round(frac_performed, 4),
+                       "fraction_full_product": round(frac_full, 4)}
     if args.cluster == "dbscan":
         graph, eps = stage("Jaccard (sparse)", labeler.jaccard_graph, f, neighbours)
         labels = stage("DBSCAN", labeler.dbscan, args.n, graph, eps)
@@ -204,6 +276,8 @@ def main() -> None:
         labels = stage("InfoMap", infomap_cluster, f, neighbours[0].shape[1], cfg.infomap_min_sim,
                        cfg.infomap_min_size, neighbours)
     total = sum(s["time_s"] for s in stages.values())
+    for s_ in stages.values():
+        s_.pop("time_s_exact")
     peak = max(s["peak_rss_gib"] for s in stages.values())
     rep = cluster_report(labels, cams, ids)
     print(f"TOTAL {total:.2f} s (k-NN {stages[f'k-NN ({args.knn})']['time_s']:.2f} s), peak RSS {peak:.2f} GiB; "

@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unreid.pseudo_labels.knn import _drop_self, _exact_symmetric, _exact_threshold_cpu, knn, recall_at_k
+from unreid.pseudo_labels.knn import (
+    _drop_self,
+    _exact_symmetric,
+    _exact_threshold_cpu,
+    _key_values,
+    _keys,
+    knn,
+    recall_at_k,
+)
 
 
 def _unit(n, d, seed):
@@ -38,6 +46,91 @@ def test_exact_equals_brute_force(n, k, block):
     assert np.abs(sim - ref_sim).max() < 1e-5
     # decreasing similarity after column 0
     assert (np.diff(sim[:, 1:], axis=1) <= 0).all()
+
+
+def _dyadic(n, d, seed, copies=0):
+    """Features with entries in {-3/4, ..., 3/4}: every product and partial sum is exact in float32,
+    so any summation order (any block shape, any BLAS kernel) gives the same bits as the dense
+    reference, and the few distinct values make exact ties common. ``copies`` rows duplicate
+    others exactly, and rows 1..12 are all copies of row 0 (a tie group longer than the lists)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 4, (n, d), generator=g).float() / 4
+    x[1:13] = x[0]
+    src = torch.randint(0, n, (copies,), generator=g)
+    dst = torch.randint(0, n, (copies,), generator=g)
+    x[dst] = x[src]
+    return x
+
+
+def _dense_reference(x: torch.Tensor, k: int):
+    """Dense ``x @ x.T`` (exact here), then per row: self first, the others by a stable sort on
+    (similarity descending, index ascending) - the documented tie rule."""
+    s = (x @ x.T).numpy()
+    n = len(s)
+    idx = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        others = np.delete(np.arange(n), i)
+        order = others[np.lexsort((others, -s[i, others]))][: k - 1]
+        idx[i] = np.concatenate([[i], order])
+    sim = np.take_along_axis(s, idx, 1)
+    sim[:, 0] = (x * x).sum(1).numpy()
+    return idx, sim
+
+
+@pytest.mark.parametrize("n,d,k,block,copies", [
+    (203, 6, 31, 64, 40),    # N not a multiple of the block; many ties (6 dims, 7 levels)
+    (203, 6, 31, 4096, 40),  # one block
+    (150, 4, 9, 17, 30),     # 9 blocks, heavy ties
+    (97, 8, 31, 7, 10),      # blocks smaller than the lists: they cannot fill on the diagonal
+    (64, 5, 64, 20, 0),      # k = N: everyone
+    (40, 3, 5, 1, 5),        # one row per block
+    (333, 16, 31, 100, 60),
+    (520, 64, 31, 260, 20),  # 64 dims: few ties; blocks wide enough for the group-maxima threshold
+    (300, 64, 31, 4096, 0),  # the same in one block: the first threshold alone decides
+])
+def test_exact_identical_to_dense_sort_with_ties(n, d, k, block, copies):
+    """Bit-identical indices and similarities to the dense reference, ties included."""
+    x = _dyadic(n, d, n + k, copies)
+    idx, sim = knn(x, k, block=block)
+    ref_idx, ref_sim = _dense_reference(x, k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim.astype(np.float32))
+
+
+@pytest.mark.parametrize("layout", ["consecutive", "strided"])
+@pytest.mark.parametrize("block", [4096, 620, 300])
+def test_exact_identical_with_clustered_rows(layout, block):
+    """31 rows per cluster, so a row's 30 best neighbours are its cluster: in a few adjacent columns
+    ("consecutive") or one in each group of 4 columns ("strided", every 40th row), the case where a
+    first threshold above the 30th best entry of the diagonal block would lose a neighbour."""
+    g = torch.Generator().manual_seed(11)
+    n, clusters = 1240, 40
+    cluster = torch.arange(n) // 31 if layout == "consecutive" else torch.arange(n) % clusters
+    centres = torch.randint(-2, 3, (clusters, 32), generator=g).float()
+    x = (centres[cluster] + torch.randint(-2, 3, (n, 32), generator=g).float() / 4) / 8
+    idx, sim = knn(x, 31, block=block)
+    ref_idx, ref_sim = _dense_reference(x, 31)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim.astype(np.float32))
+
+
+def test_exact_same_lists_for_every_block_size():
+    x = _dyadic(260, 6, 3, copies=50)
+    ref = knn(x, 31, block=4096)
+    for block in (1, 9, 31, 64, 100, 259):
+        out = knn(x, 31, block=block)
+        np.testing.assert_array_equal(out[0], ref[0])
+        np.testing.assert_array_equal(out[1], ref[1])
+
+
+def test_sort_keys_order_and_round_trip():
+    v = np.array([np.inf, 2.5, 1.0, 1.0, 0.0, -0.0, -1e-30, -1.0, -np.inf], dtype=np.float32)
+    j = np.array([0, 5, 9, 3, 7, 2, 1, 4, 6], dtype=np.int64)
+    keys = _keys(v, j)
+    order = np.argsort(keys)
+    np.testing.assert_array_equal(order, np.lexsort((j, -v)))  # -0.0 ties with +0.0: index decides
+    np.testing.assert_array_equal(_key_values(keys), v + np.float32(0.0))
+    np.testing.assert_array_equal(keys & 0xFFFFFFFF, j)
 
 
 @pytest.mark.parametrize("block", [7, 64, 500])

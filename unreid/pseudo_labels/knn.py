@@ -8,11 +8,17 @@ On unit vectors ``||a - b||^2 = 2 - 2 a.b``, so the order by inner product is th
 ``method="exact"`` (default) multiplies blocks of rows on the features' device. The similarity
 matrix is symmetric, so only the block pairs ``(I, J)`` with ``J >= I`` are multiplied; each product
 serves the rows of ``I`` (along its rows) and the rows of ``J`` (along its columns), which halves the
-matrix-product work of a plain blocked search (and of faiss ``IndexFlatIP``). On CPU, diagonal blocks
-go first and give every row a threshold (its ``k``-th best similarity so far); later products only
-keep the entries at or above their row's / column's threshold (a comparison and ``flatnonzero``,
-much cheaper than a ``topk`` over the block) and merge them into the running lists. On CUDA each
-product is reduced with ``topk`` along both axes. Memory is ``O(block^2 + N * k)``, never ``N x N``.
+matrix-product work of a plain blocked search (and of faiss ``IndexFlatIP``). On CPU
+(:func:`_exact_threshold_cpu`) the rows are cut into blocks of nearly equal size, at most
+``min(block, CPU_BLOCK)`` rows (1024: a product's operands and result, 2 x 8 MiB + 4 MiB at
+``d = 2048``, stay in the last-level cache; larger blocks ran slower, docs/BENCHMARKS.md); diagonal
+blocks go first and give every row a threshold (a lower bound of its ``k``-th best similarity);
+later products only keep the entries at or above their row's / column's threshold (two comparisons
+and a ``flatnonzero``, much cheaper than a ``topk`` over the block) and merge them into the running
+lists, kept as sorted integer keys. The matrix products are most of the
+time (``benchmarks/pseudo_labels.py`` reports the stage's throughput as a fraction of the machine's
+own ``torch.mm`` throughput). On CUDA each product is reduced with ``topk`` along both axes. Memory
+is ``O(block^2 + N * k)``, never ``N x N``.
 
 ``method="faiss"`` runs faiss ``IndexFlatIP`` (exact, CPU). Two approximate methods for very large
 N, whose recall@k against the exact search ``benchmarks/pseudo_labels.py`` measures:
@@ -42,6 +48,8 @@ from torch import Tensor
 from unreid.rng import forked_seed
 
 _METHODS = ("exact", "faiss", "hnsw", "pca")
+#: largest block of the exact CPU search (rows); see the module docstring
+CPU_BLOCK = 1024
 
 
 def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int = 4096, *,
@@ -55,7 +63,9 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         method: ``"exact"`` (blocked torch matmul, symmetric), ``"faiss"`` (exact ``IndexFlatIP``),
             ``"hnsw"`` (approximate ``IndexHNSWFlat``) or ``"pca"`` (approximate: exact search in a
             PCA subspace, then exact re-ranking; see :func:`_pca_search`).
-        block: rows per block of the exact search (memory ``O(block^2)`` floats per product).
+        block: at most this many rows per block of the exact search (memory ``O(block^2)`` floats
+            per product). On CPU the blocks have at most ``min(block, 1024)`` rows, in nearly
+            equal sizes (:data:`CPU_BLOCK`).
         hnsw_m: HNSW graph degree ``M`` (faiss default 32).
         hnsw_ef_construction: HNSW ``efConstruction`` (faiss default 40; 64 here for recall).
         hnsw_ef_search: HNSW ``efSearch``; raised to ``k + 1`` when smaller.
@@ -84,7 +94,7 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
     if k == 1:
         return np.arange(n, dtype=np.int64)[:, None], self_sim[:, None]
     if method == "exact" and f.device.type == "cpu":
-        idx, sim = _exact_threshold_cpu(f, k - 1, max(1, int(block)))
+        idx, sim = _exact_threshold_cpu(f, k - 1, max(1, min(int(block), CPU_BLOCK)))
     elif method == "exact":
         idx, sim = _exact_symmetric(f, k - 1, max(1, int(block)))
     elif method == "pca":
@@ -148,34 +158,50 @@ def _exact_symmetric(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np.nda
     return idx.cpu().numpy(), vals.cpu().numpy()
 
 
-def _merge_candidates(vals: np.ndarray, idx: np.ndarray, rows: np.ndarray, cand_v: np.ndarray,
-                      cand_i: np.ndarray) -> None:
-    """Merge candidates ``(rows[m], cand_i[m], cand_v[m])`` into the running lists (in place).
+_NO_KEY = np.iinfo(np.int64).max  # an empty list slot: sorts after every real key
 
-    Per touched row, the running ``kk`` entries and the row's candidates are sorted by decreasing
-    similarity, then increasing index, and the first ``kk`` are kept.
+
+def _keys(v: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """One ``int64`` sort key per (similarity, index): ascending = decreasing ``v``, then increasing ``j``.
+
+    The high 32 bits are the float32 bits of ``v`` mapped to an order-reversing integer, the low 32
+    bits the index ``j < 2**32``. ``-0.0`` is mapped to ``+0.0`` first, so that equal similarities
+    always tie (and the smaller index wins), as ``np.lexsort((j, -v))`` would decide.
+    """
+    b = (v + np.float32(0.0)).view(np.int32).astype(np.int64)
+    m = np.where(b < 0, b ^ 0x7FFFFFFF, b)  # increasing with v
+    return ((-m - 1) << 32) | j
+
+
+def _key_values(keys: np.ndarray) -> np.ndarray:
+    """The float32 similarities of :func:`_keys` (``-inf`` for an empty slot)."""
+    m = -(keys >> 32) - 1
+    v = np.where(m < 0, m ^ 0x7FFFFFFF, m).astype(np.int32).view(np.float32)
+    return np.where(keys == _NO_KEY, np.float32(-np.inf), v)
+
+
+def _merge_keys(keys: np.ndarray, theta: np.ndarray, lo: int, hi: int, rows: np.ndarray,
+                cand: np.ndarray, rows_sorted: bool) -> None:
+    """Merge candidate keys ``cand`` of the local rows ``rows`` (in ``[0, hi - lo)``) into ``keys[lo:hi]``.
+
+    ``keys`` rows are sorted ascending (best first). Per row, the ``kk`` current keys and the row's
+    candidates are laid side by side in a padded array, sorted, and the first ``kk`` kept; ``theta``
+    (the ``kk``-th similarity, ``-inf`` while a list is not full) is refreshed.
     """
     if len(rows) == 0:
         return
-    kk = vals.shape[1]
-    urows, inv = np.unique(rows, return_inverse=True)
-    m = len(urows)
-    group = np.concatenate([np.repeat(np.arange(m, dtype=np.int64), kk), inv])
-    v = np.concatenate([vals[urows].ravel(), cand_v])
-    i = np.concatenate([idx[urows].ravel(), cand_i])
-    # one int64 key for (row, decreasing similarity): row in the high 32 bits, then the float32
-    # bits of -v mapped to an order-preserving unsigned integer; the index is the second key
-    bits = (-v).view(np.int32).astype(np.int64)
-    bits = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31
-    order = np.lexsort((i, (group << 32) | bits))
-    g = group[order]
-    counts = np.bincount(g, minlength=m)
-    rank = np.arange(len(g)) - np.repeat(np.cumsum(counts) - counts, counts)
-    keep = rank < kk
-    sel = order[keep]
-    r, rk = urows[g[keep]], rank[keep]
-    vals[r, rk] = v[sel]
-    idx[r, rk] = i[sel]
+    kk = keys.shape[1]
+    counts = np.bincount(rows, minlength=hi - lo)
+    if not rows_sorted:  # group the candidates by row (stable radix sort on 16-bit rows when possible)
+        order = np.argsort(rows.astype(np.uint16) if hi - lo <= 65536 else rows, kind="stable")
+        rows, cand = rows[order], cand[order]
+    slot = np.arange(kk, kk + len(rows)) - (np.cumsum(counts) - counts)[rows]
+    pad = np.full((hi - lo, kk + int(counts.max())), _NO_KEY, dtype=np.int64)
+    pad[:, :kk] = keys[lo:hi]
+    pad[rows, slot] = cand
+    pad.sort(axis=1)
+    keys[lo:hi] = pad[:, :kk]
+    theta[lo:hi] = _key_values(pad[:, kk - 1])
 
 
 def _coherent_order(x: Tensor, groups: int, iters: int = 5) -> np.ndarray:
@@ -199,56 +225,83 @@ def _coherent_order(x: Tensor, groups: int, iters: int = 5) -> np.ndarray:
     return np.argsort(assign.numpy(), kind="stable")
 
 
+def _block_bounds(n: int, block: int) -> list[tuple[int, int]]:
+    """``ceil(n / block)`` consecutive row ranges of nearly equal size (at most ``block`` rows each)."""
+    nb = -(-n // max(1, min(block, n)))
+    size = -(-n // nb)
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
 def _exact_threshold_cpu(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``kk`` other rows of every row on CPU: blocked symmetric products + running thresholds.
 
-    Diagonal blocks first: ``topk`` gives each row a threshold (its ``kk``-th best similarity
-    within its own block). Then, for every block pair ``(I, J)``, ``J > I``, only the entries
-    ``>=`` the current threshold of their row (for the rows of ``I``) or of their column (for the
-    rows of ``J``) are candidates: two comparisons and ``flatnonzero`` instead of a ``topk`` and a
-    transposed copy of the whole product. Candidates are merged by (similarity desc, index asc),
-    so among equal similarities the smaller index wins, also at the ``kk``-th place.
+    The rows are cut into ``ceil(N / block)`` blocks of nearly equal size (no small remainder
+    block: an odd-shaped product runs well below the matrix-product peak). Diagonal blocks first:
+    each row gets a threshold ``theta`` that is a lower bound of its final ``kk``-th similarity (the
+    ``kk``-th largest of the maxima of groups of 4 columns of its own block: ``kk`` distinct entries
+    reach it), and the entries at or above it become its list. Then, for every block pair
+    ``(I, J)``, ``J > I``, only the entries ``>=`` the current threshold of their row (for the rows
+    of ``I``) or of their column (for the rows of ``J``) are candidates: two comparisons and a
+    ``flatnonzero`` over the product. Each list is kept as sorted ``int64`` keys
+    (:func:`_keys`: similarity descending, then index ascending), so merging is an integer sort of a
+    short padded row, and among equal similarities the smaller index wins, also at the ``kk``-th
+    place: the lists are exactly those of a full sort of every row by (similarity desc, index asc).
+    A threshold only ever rises, and every candidate that can still enter a list passes it.
     """
     n = f.shape[0]
-    vals = np.full((n, kk), -np.inf, dtype=np.float32)
-    idx = np.full((n, kk), -1, dtype=np.int64)
-    block = min(block, n)
-    prod = _buffer(block * block, f.device)
-    mask = np.empty(block * block, dtype=bool)
-    starts = list(range(0, n, block))
+    f = f.contiguous()
+    keys = np.full((n, kk), _NO_KEY, dtype=np.int64)
+    theta = np.full(n, -np.inf, dtype=np.float32)
+    bounds = _block_bounds(n, block)
+    size = bounds[0][1] - bounds[0][0]
+    prod = _buffer(size * size, f.device)
+    above_row = np.empty(size * size, dtype=bool)
+    above_col = np.empty(size * size, dtype=bool)
+    group = 4
 
     def product(s0: int, e0: int, s1: int, e1: int) -> np.ndarray:
         sim = prod[: (e0 - s0) * (e1 - s1)].view(e0 - s0, e1 - s1)
         torch.mm(f[s0:e0], f[s1:e1].T, out=sim)
         return sim.numpy()
 
-    def take(sim: np.ndarray, theta: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        m = mask[: sim.size].reshape(sim.shape)
-        np.greater_equal(sim, theta[:, None] if axis == 1 else theta[None, :], out=m)
-        flat = np.flatnonzero(m)
-        r, c = np.divmod(flat, sim.shape[1])
-        return r, c, sim.ravel()[flat]
-
-    for s0 in starts:
-        e0 = min(n, s0 + block)
+    for s0, e0 in bounds:
+        b = e0 - s0
         sim = product(s0, e0, s0, e0)
         np.fill_diagonal(sim, -np.inf)  # self is column 0, added by the caller
-        c = min(kk, e0 - s0)
-        theta = torch.from_numpy(sim).topk(c, dim=1).values[:, -1].numpy()
-        if c < kk:
-            theta = np.full(e0 - s0, np.finfo(np.float32).min)  # lists cannot fill: take all but self
-        r, col, v = take(sim, theta, 1)
-        _merge_candidates(vals, idx, r + s0, v, col + s0)
-    for a, s0 in enumerate(starts):
-        e0 = min(n, s0 + block)
-        for s1 in starts[a + 1:]:
-            e1 = min(n, s1 + block)
+        g = b // group
+        if g >= kk:  # kk-th largest of the group maxima <= the row's kk-th largest entry
+            gmax = sim[:, 0:g * group:group].copy()
+            for o in range(1, group):
+                np.maximum(gmax, sim[:, o:g * group:group], out=gmax)
+            th = np.partition(gmax, g - kk, axis=1)[:, g - kk]
+        elif b - 1 >= kk:
+            th = np.partition(sim, b - kk, axis=1)[:, b - kk]
+        else:
+            th = np.full(b, -np.inf, dtype=np.float32)  # lists cannot fill here: take all but self
+        m = above_row[: sim.size].reshape(sim.shape)
+        np.greater_equal(sim, th[:, None], out=m)
+        flat = np.flatnonzero(m)
+        r, c = np.divmod(flat, b)
+        off = r != c
+        r, c = r[off], c[off]
+        _merge_keys(keys, theta, s0, e0, r, _keys(sim.ravel()[flat[off]], c + s0), True)
+    for a, (s0, e0) in enumerate(bounds):
+        for s1, e1 in bounds[a + 1:]:
             sim = product(s0, e0, s1, e1)
-            r, col, v = take(sim, vals[s0:e0, -1], 1)  # rows of I
-            _merge_candidates(vals, idx, r + s0, v, col + s1)
-            r, col, v = take(sim, vals[s1:e1, -1], 0)  # rows of J (columns of the product)
-            _merge_candidates(vals, idx, col + s1, v, r + s0)
-    return idx, vals
+            t0, t1 = theta[s0:e0], theta[s1:e1]
+            m0 = above_row[: sim.size].reshape(sim.shape)
+            m1 = above_col[: sim.size].reshape(sim.shape)
+            np.greater_equal(sim, t0[:, None], out=m0)
+            np.greater_equal(sim, t1[None, :], out=m1)
+            np.logical_or(m0, m1, out=m0)
+            flat = np.flatnonzero(m0)
+            r, c = np.divmod(flat, e1 - s1)
+            v = sim.ravel()[flat]
+            for_r = v >= t0[r]  # candidates of the rows of I (row-major: already grouped by row)
+            _merge_keys(keys, theta, s0, e0, r[for_r], _keys(v[for_r], c[for_r] + s1), True)
+            for_c = v >= t1[c]  # candidates of the rows of J
+            _merge_keys(keys, theta, s1, e1, c[for_c], _keys(v[for_c], r[for_c] + s0), False)
+    return keys & 0xFFFFFFFF, _key_values(keys)
 
 
 def _faiss_search(f: Tensor, kk: int, method: str, m: int, ef_construction: int,
