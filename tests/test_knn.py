@@ -98,13 +98,14 @@ def test_exact_identical_to_dense_sort_with_ties(n, d, k, block, copies):
 
 
 @pytest.mark.parametrize("layout", ["consecutive", "strided"])
-@pytest.mark.parametrize("block", [4096, 620, 300])
+@pytest.mark.parametrize("block", [4096, 310, 150])
 def test_exact_identical_with_clustered_rows(layout, block):
     """31 rows per cluster, so a row's 30 best neighbours are its cluster: in a few adjacent columns
-    ("consecutive") or one in each group of 4 columns ("strided", every 40th row), the case where a
-    first threshold above the 30th best entry of the diagonal block would lose a neighbour."""
+    ("consecutive") or one in each group of 4 columns ("strided", every 20th row), the case where a
+    first threshold above the 30th best entry of the diagonal block would lose a neighbour (N = 620
+    fits one CPU block)."""
     g = torch.Generator().manual_seed(11)
-    n, clusters = 1240, 40
+    n, clusters = 620, 20
     cluster = torch.arange(n) // 31 if layout == "consecutive" else torch.arange(n) % clusters
     centres = torch.randint(-2, 3, (clusters, 32), generator=g).float()
     x = (centres[cluster] + torch.randint(-2, 3, (n, 32), generator=g).float() / 4) / 8
@@ -121,6 +122,19 @@ def test_exact_same_lists_for_every_block_size():
         out = knn(x, 31, block=block)
         np.testing.assert_array_equal(out[0], ref[0])
         np.testing.assert_array_equal(out[1], ref[1])
+
+
+@pytest.mark.parametrize("pending", [0, 1, 10**9])
+def test_exact_identical_whenever_candidates_are_merged(monkeypatch, pending):
+    """Merging after every product (0), in small batches (1) or only when a block is done (10**9)."""
+    import unreid.pseudo_labels.knn as knn_module
+
+    monkeypatch.setattr(knn_module, "PENDING", pending)
+    x = _dyadic(230, 8, 4, copies=30)
+    idx, sim = knn(x, 31, block=40)
+    ref_idx, ref_sim = _dense_reference(x, 31)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(sim, ref_sim.astype(np.float32))
 
 
 def test_sort_keys_order_and_round_trip():

@@ -10,8 +10,9 @@ matrix is symmetric, so only the block pairs ``(I, J)`` with ``J >= I`` are mult
 serves the rows of ``I`` (along its rows) and the rows of ``J`` (along its columns), which halves the
 matrix-product work of a plain blocked search (and of faiss ``IndexFlatIP``). On CPU
 (:func:`_exact_threshold_cpu`) the rows are cut into blocks of nearly equal size, at most
-``min(block, CPU_BLOCK)`` rows (1024: a product's operands and result, 2 x 8 MiB + 4 MiB at
-``d = 2048``, stay in the last-level cache; larger blocks ran slower, docs/BENCHMARKS.md); diagonal
+``min(block, CPU_BLOCK)`` rows (640: a product's operands and result, 2 x 5 MiB + 1.6 MiB at
+``d = 2048``, stay in the last-level cache; 1024-row blocks ran ~15 % slower on the benchmark's
+2-core machine, 512-row ones ~10 %, docs/BENCHMARKS.md); diagonal
 blocks go first and give every row a threshold (a lower bound of its ``k``-th best similarity);
 later products only keep the entries at or above their row's / column's threshold (two comparisons
 and a ``flatnonzero``, much cheaper than a ``topk`` over the block) and merge them into the running
@@ -49,7 +50,8 @@ from unreid.rng import forked_seed
 
 _METHODS = ("exact", "faiss", "hnsw", "pca")
 #: largest block of the exact CPU search (rows); see the module docstring
-CPU_BLOCK = 1024
+CPU_BLOCK = 640
+PENDING = 8
 
 
 def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int = 4096, *,
@@ -64,7 +66,7 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
             ``"hnsw"`` (approximate ``IndexHNSWFlat``) or ``"pca"`` (approximate: exact search in a
             PCA subspace, then exact re-ranking; see :func:`_pca_search`).
         block: at most this many rows per block of the exact search (memory ``O(block^2)`` floats
-            per product). On CPU the blocks have at most ``min(block, 1024)`` rows, in nearly
+            per product). On CPU the blocks have at most ``min(block, 640)`` rows, in nearly
             equal sizes (:data:`CPU_BLOCK`).
         hnsw_m: HNSW graph degree ``M`` (faiss default 32).
         hnsw_ef_construction: HNSW ``efConstruction`` (faiss default 40; 64 here for recall).
@@ -246,7 +248,10 @@ def _exact_threshold_cpu(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np
     (:func:`_keys`: similarity descending, then index ascending), so merging is an integer sort of a
     short padded row, and among equal similarities the smaller index wins, also at the ``kk``-th
     place: the lists are exactly those of a full sort of every row by (similarity desc, index asc).
-    A threshold only ever rises, and every candidate that can still enter a list passes it.
+    Candidates of a block wait until they number ``PENDING`` times its rows (or the block can get
+    no more) and are merged at once; the filters meanwhile use the last merged thresholds. A
+    threshold only ever rises, and every candidate that can still enter a list passes it, so the
+    result does not depend on when merges happen.
     """
     n = f.shape[0]
     f = f.contiguous()
@@ -285,8 +290,26 @@ def _exact_threshold_cpu(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np
         off = r != c
         r, c = r[off], c[off]
         _merge_keys(keys, theta, s0, e0, r, _keys(sim.ravel()[flat[off]], c + s0), True)
+    # candidates wait per block and are merged once they are PENDING x the block's rows (or at the end):
+    # fewer, larger merges; the thresholds in the meantime are the last merged ones (still lower bounds)
+    pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in bounds]
+    waiting = [0] * len(bounds)
+    none = np.empty(0, dtype=np.int64)
+
+    def add(blk: int, rows: np.ndarray, cand: np.ndarray, flush: bool = False) -> None:
+        if len(rows):
+            pending[blk].append((rows, cand))
+            waiting[blk] += len(rows)
+        lo, hi = bounds[blk]
+        if waiting[blk] and (flush or waiting[blk] >= PENDING * (hi - lo)):
+            parts = pending[blk]
+            rows_all = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+            cand_all = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
+            _merge_keys(keys, theta, lo, hi, rows_all, cand_all, False)
+            pending[blk], waiting[blk] = [], 0
+
     for a, (s0, e0) in enumerate(bounds):
-        for s1, e1 in bounds[a + 1:]:
+        for b_, (s1, e1) in enumerate(bounds[a + 1:], start=a + 1):
             sim = product(s0, e0, s1, e1)
             t0, t1 = theta[s0:e0], theta[s1:e1]
             m0 = above_row[: sim.size].reshape(sim.shape)
@@ -297,10 +320,11 @@ def _exact_threshold_cpu(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np
             flat = np.flatnonzero(m0)
             r, c = np.divmod(flat, e1 - s1)
             v = sim.ravel()[flat]
-            for_r = v >= t0[r]  # candidates of the rows of I (row-major: already grouped by row)
-            _merge_keys(keys, theta, s0, e0, r[for_r], _keys(v[for_r], c[for_r] + s1), True)
+            for_r = v >= t0[r]  # candidates of the rows of I
             for_c = v >= t1[c]  # candidates of the rows of J
-            _merge_keys(keys, theta, s1, e1, c[for_c], _keys(v[for_c], r[for_c] + s0), False)
+            add(a, r[for_r], _keys(v[for_r], c[for_r] + s1))
+            add(b_, c[for_c], _keys(v[for_c], r[for_c] + s0))
+        add(a, none, none, flush=True)  # block I is done: its rows get no more candidates
     return keys & 0xFFFFFFFF, _key_values(keys)
 
 
