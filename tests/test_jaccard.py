@@ -121,6 +121,21 @@ def test_blocks_cover_the_upper_triangle_once():
     assert np.abs(to_dense(full)[rows, cols] - vals).max() == 0
 
 
+@pytest.mark.parametrize("max_dist", [0.0, 0.3, 0.6, 0.9, 0.998, 0.999, 1.0])
+def test_max_dist_equals_filtering_every_pair(max_dist):
+    """The shortcut for max_dist < 0.999 (cells below the smallest useful sum skipped) keeps exactly
+    the pairs, and the distance bits, of computing every pair and filtering afterwards."""
+    f = clustered(300, 16, 9, dup=6)
+    idx, sim = knn(f, 20)
+    v = k_reciprocal_encoding(f, idx, sim, 20, 6)
+    every = [np.concatenate(p) for p in zip(*jaccard_upper_blocks(v, max_dist=None, max_work=900))]
+    kept = [np.concatenate(p) for p in zip(*jaccard_upper_blocks(v, max_dist=max_dist, max_work=900))]
+    sel = every[2] <= max_dist
+    assert sel.any()
+    for a, b in zip(kept, (every[0][sel], every[1][sel], every[2][sel])):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_threaded_blocks_equal_the_single_thread_result(threads):
     f = clustered(300, 16, 5)
