@@ -14,6 +14,7 @@ from unreid.pseudo_labels.knn import (
     _exact_threshold_cpu,
     _key_values,
     _keys,
+    _self_similarity,
     knn,
     recall_at_k,
 )
@@ -135,6 +136,12 @@ def test_exact_identical_whenever_candidates_are_merged(monkeypatch, pending):
     ref_idx, ref_sim = _dense_reference(x, 31)
     np.testing.assert_array_equal(idx, ref_idx)
     np.testing.assert_array_equal(sim, ref_sim.astype(np.float32))
+
+
+@pytest.mark.parametrize("n,d,chunk", [(1000, 64, 96), (257, 300, 4096), (5, 7, 2)])
+def test_self_similarity_in_chunks_equals_the_full_product(n, d, chunk):
+    f = torch.randn(n, d, generator=torch.Generator().manual_seed(n))
+    np.testing.assert_array_equal(_self_similarity(f, chunk), (f * f).sum(1).numpy())
 
 
 def test_sort_keys_order_and_round_trip():

@@ -92,7 +92,7 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         raise ValueError(f"k-NN: k must be in [1, N={n}], got k={k}")
     if method not in _METHODS:
         raise ValueError(f"unknown k-NN method {method!r}; choose one of {', '.join(_METHODS)}")
-    self_sim = (f * f).sum(1).cpu().numpy().astype(np.float32)
+    self_sim = _self_similarity(f)
     if k == 1:
         return np.arange(n, dtype=np.int64)[:, None], self_sim[:, None]
     if method == "exact" and f.device.type == "cpu":
@@ -107,6 +107,21 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
     indices = np.concatenate([np.arange(n, dtype=np.int64)[:, None], idx], axis=1)
     sims = np.concatenate([self_sim[:, None], sim], axis=1)
     return indices, sims
+
+
+def _self_similarity(f: Tensor, chunk: int = 4096) -> np.ndarray:
+    """``(N,) float32`` inner product of every row with itself: ``(f * f).sum(1)`` in row chunks of
+    nearly equal size, into one reused buffer, instead of an ``N x d`` temporary (0.8 GB at
+    N = 100,000, d = 2048). Same element-wise product and row sum, so the same bits."""
+    n, d = f.shape
+    out = torch.empty(n, dtype=torch.float32, device=f.device)
+    bounds = _block_bounds(n, chunk)
+    buf = _buffer((bounds[0][1] - bounds[0][0]) * d, f.device)
+    for s0, e0 in bounds:
+        prod = buf[: (e0 - s0) * d].view(e0 - s0, d)
+        torch.mul(f[s0:e0], f[s0:e0], out=prod)
+        torch.sum(prod, 1, out=out[s0:e0])
+    return out.cpu().numpy()
 
 
 def _merge(vals: Tensor, idx: Tensor, rows: slice, cand_v: Tensor, cand_i: Tensor, kk: int) -> None:
