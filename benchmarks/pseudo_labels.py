@@ -4,8 +4,10 @@ Generates ``N`` clustered unit features (identities of about 16 images, each ima
 cameras that adds its own offset, plus noise), then runs the three stages of
 ``unreid.pseudo_labels.PseudoLabeler`` one after the other (its own stage methods, the code path of
 ``fit``) and prints each stage's wall time and peak RSS. Results and commands: docs/BENCHMARKS.md.
+Run from the repository root with ``PYTHONPATH=.`` (the script's own folder comes first on the
+path, so without it Python imports whichever ``unreid`` is installed).
 
-    python benchmarks/pseudo_labels.py --n 12936 --dim 2048
+    PYTHONPATH=. python benchmarks/pseudo_labels.py --n 12936 --dim 2048
     python benchmarks/pseudo_labels.py --n 12936 --dim 2048 --compare-dense
     python benchmarks/pseudo_labels.py --n 100000 --dim 2048
     python benchmarks/pseudo_labels.py --n 100000 --dim 2048 --knn hnsw --compare-exact

@@ -11,15 +11,15 @@ serves the rows of ``I`` (along its rows) and the rows of ``J`` (along its colum
 matrix-product work of a plain blocked search (and of faiss ``IndexFlatIP``). On CPU
 (:func:`_exact_threshold_cpu`) the rows are cut into blocks of nearly equal size, at most
 ``min(block, CPU_BLOCK)`` rows (640: a product's operands and result, 2 x 5 MiB + 1.6 MiB at
-``d = 2048``, stay in the last-level cache; 1024-row blocks ran ~15 % slower on the benchmark's
-2-core machine, 512-row ones ~10 %, docs/BENCHMARKS.md); diagonal
-blocks go first and give every row a threshold (a lower bound of its ``k``-th best similarity);
-later products only keep the entries at or above their row's / column's threshold (two comparisons
-and a ``flatnonzero``, much cheaper than a ``topk`` over the block) and merge them into the running
-lists, kept as sorted integer keys. The matrix products are most of the
-time (``benchmarks/pseudo_labels.py`` reports the stage's throughput as a fraction of the machine's
-own ``torch.mm`` throughput). On CUDA each product is reduced with ``topk`` along both axes. Memory
-is ``O(block^2 + N * k)``, never ``N x N``.
+``d = 2048``, stay in the last-level cache; at N = 12,936 on the benchmark's 2-core machine the
+search took 2.14-2.30 s against 2.22-2.81 s with 1024-row and 2.20-2.38 s with 512-row blocks,
+docs/BENCHMARKS.md); diagonal blocks go first and give every row a threshold (a lower bound of
+its ``k``-th best similarity); later products only keep the entries at or above their row's /
+column's threshold (two comparisons and a ``flatnonzero``, much cheaper than a ``topk`` over the
+block) and merge them into the running lists, kept as sorted integer keys. The matrix products are
+most of the time (``benchmarks/pseudo_labels.py`` reports the stage's throughput as a fraction of
+the machine's own ``torch.mm`` throughput). On CUDA each product is reduced with ``topk`` along both
+axes. Memory is ``O(block^2 + N * k)``, never ``N x N``.
 
 ``method="faiss"`` runs faiss ``IndexFlatIP`` (exact, CPU). Two approximate methods for very large
 N, whose recall@k against the exact search ``benchmarks/pseudo_labels.py`` measures:
