@@ -198,21 +198,6 @@ def gcl_full_run(synthetic_root, tmp_path_factory):
         InstanceMemory.build = orig_build
     seen["end"] = _state(tr.model)
     seen["out"] = out
-    # the reconstruction of 8 fixed training images by the generator before and after stage 2 (the encoder as
-    # it was then: stage 2 does not change it)
-    from unreid.losses.gcl import l1
-
-    views = tr.method.train_transform()
-    items = [views(tr.cache.get(s.path), s) for s in tr.method.train_set[:8]]
-    batch = {k: torch.stack([it[k] for it in items]) for k in ("img", "mesh")}
-    tr.model.load_state_dict(seen["start"][0])
-    tr.model.eval()
-    with torch.no_grad():
-        _, app = tr.method.encode(batch["img"], {})
-        for key, state in (("recon_before", seen["start"][1]), ("recon_after", seen["end_stage2"][1])):
-            tr.method.generator.load_state_dict(state)
-            rec = tr.method.generator.decode(tr.method.generator.encode(batch["mesh"]), app)
-            seen[key] = l1(rec, batch["img"]).item()
     return seen
 
 
@@ -223,7 +208,6 @@ def test_stage2_trains_the_generator_only_then_stage3_trains_all(gcl_full_run):
     assert any(not torch.equal(gen0[k], gen1[k]) for k in gen0)
     assert run["labels_stage2"] is None  # no labelling in stage 2
     assert any(not torch.equal(enc1[k], v) for k, v in run["end"].items())  # stage 3 trains the encoder
-    assert run["recon_after"] < run["recon_before"]  # stage 2 improves the reconstruction of fixed images
     assert len(run["recon"]) == 18 and all(np.isfinite(run["recon"]))
     assert list((run["out"] / "images").glob("*.png"))  # the image grid every 2 steps
     assert run["fills"] == 1  # the memory is filled at the first labelling of stage 3 only
@@ -335,3 +319,4 @@ def test_warmup_config_trains_stage1_in_the_same_command(synthetic_root, tmp_pat
     text = (out / "train.log").read_text()  # the GCL run's log goes on after the warm-up's
     assert "GCL warm start from" in text and "stage 1 done" in text
     assert "GCL warm start" not in (out / "warmup" / "train.log").read_text()
+
