@@ -576,13 +576,7 @@ class MultiScaleDiscriminator(nn.Module):
         Raises:
             ValueError: as :meth:`forward`, for either input.
         """
-        real = real.detach().requires_grad_(True)
-        outs_fake = self(fake)
-        outs_real = self(real)
-        loss = real.new_zeros(())
-        for of, orr in zip(outs_fake, outs_real):
-            loss = loss + of.pow(2).mean() + (orr - 1).pow(2).mean()
-        return loss + self.gp_weight * self._penalty(outs_real, real)
+        return self.dis_loss_multi([fake], real)
 
     def dis_loss_multi(self, fakes: list[Tensor], real: Tensor) -> Tensor:
         """``sum(dis_loss(f, real) for f in fakes)``, with the real images' scores and penalty computed once and
