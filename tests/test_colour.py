@@ -91,7 +91,8 @@ def test_colour_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, m
         load_config(None, tiny_overrides(synthetic_root, tmp_path / "bad", **{"pseudo_labels.colour_weight": -1}))
     out = tmp_path / "run"
     cfg = load_config(None, tiny_overrides(synthetic_root, out, **{"optim.epochs": 1, "data.batch_size": 8,
-                                                                   "pseudo_labels.colour_weight": 1.0}))
+                                                                   "pseudo_labels.colour_weight": 1.0,
+                                                                   "pseudo_labels.prior_mode": "append"}))
     trainer = Trainer(cfg)
     seen = {}
     fit = trainer.method.pseudo_label

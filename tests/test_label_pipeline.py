@@ -288,7 +288,8 @@ def test_describe_lists_the_steps_in_order():
     cfg = load_config(None, SMALL + ["method.camera.neighbourhood=standardize", "method.camera.matching=true",
                                      "pseudo_labels.colour_weight=1", "pseudo_labels.colour_descriptor=lomo"])
     text = build_label_pipeline(cfg, cams, descriptors=lambda: desc).describe()
-    assert text == ("per-camera standardisation -> append lomo (weight 1, standardised per camera) -> group by camera"
+    assert text == ("per-camera standardisation -> append lomo (weight 1, standardised per camera; its Gram blocks computed"
+                    " once) -> group by camera"
                     " -> k-reciprocal Jaccard (k1 8, k2 3) + DBSCAN (eps 0.5, min_samples 3) per camera"
                     " -> merge matched clusters (one_to_one)")
     cfg = load_config(None, SMALL + ["method.camera.neighbourhood=ca_jaccard"])

@@ -109,7 +109,7 @@ def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, mon
         load_config(None, tiny_overrides(synthetic_root, tmp_path / "bad", **{"pseudo_labels.colour_descriptor": "x"}))
     cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
         "optim.epochs": 1, "data.batch_size": 8, "pseudo_labels.colour_weight": 1.0,
-        "pseudo_labels.colour_descriptor": "lomo"}))
+        "pseudo_labels.colour_descriptor": "lomo", "pseudo_labels.prior_mode": "append"}))
     trainer = Trainer(cfg)
     seen = {}
     fit = trainer.method.pseudo_label
@@ -127,3 +127,39 @@ def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, mon
     # 64 x 32 images: 11 + 5 bands (16 x 8 holds no 10 x 10 window) x (512 + 162), computed once
     assert trainer.method._colour.shape == (len(trainer.method.train_set), 16 * 674)
     assert trainer.method.memory.features.shape[1] == seen["d"] == trainer.model.feature_dim
+
+
+def test_lomo_prior_in_gram_form_gives_the_labeller_the_appended_inner_products(synthetic_root, tmp_path,
+                                                                                 monkeypatch):
+    """The default prior_mode=gram in a training run: the labeller receives GramFeatures whose inner
+    products are those of the appended features (recomputed here from the images, append form)."""
+    from unreid.pseudo_labels import PseudoLabeler
+    from unreid.pseudo_labels.colour import load_descriptors
+    from unreid.pseudo_labels.prior import GramFeatures
+
+    cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{
+        "optim.epochs": 1, "data.batch_size": 8, "pseudo_labels.colour_weight": 1.0,
+        "pseudo_labels.colour_descriptor": "lomo"}))
+    assert cfg.pseudo_labels.prior_mode == "gram"
+    trainer = Trainer(cfg)
+    seen, fed = {}, []
+    fit_labels, fit = trainer.method.pseudo_label, PseudoLabeler.fit
+
+    def spy_fit(self, features, *args, **kwargs):
+        fed.append(features)
+        return fit(self, features, *args, **kwargs)
+
+    def spy(epoch, features):
+        seen["raw"] = features.clone()
+        return fit_labels(epoch, features)
+
+    monkeypatch.setattr(PseudoLabeler, "fit", spy_fit)
+    trainer.method.pseudo_label = spy
+    trainer.train()
+    assert len(fed) == 1 and isinstance(fed[0], GramFeatures)
+    assert trainer.method._colour is None  # the raw descriptors were streamed, never kept whole
+    m = trainer.method
+    desc = load_descriptors([s.path for s in m.train_set], (cfg.data.height, cfg.data.width), "lomo")
+    x = append_colour(seen["raw"], desc, m.camids, 1.0)
+    got = fed[0].features @ fed[0].features.T + fed[0].gram
+    torch.testing.assert_close(got, x @ x.T, atol=3e-6, rtol=0)

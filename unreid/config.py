@@ -128,6 +128,15 @@ class PseudoLabelConfig:
     #: unreid.pseudo_labels.colour) | "lomo" (LOMO, Liao et al. CVPR 2015: Retinex HSV + SILTP texture,
     #: local maximal occurrence, 3 scales; unreid.pseudo_labels.lomo)
     colour_descriptor: str = "stripes"
+    #: how the labeller gets the prior (unreid.pseudo_labels.prior): "gram" (the fixed part's per-camera
+    #: standardisation and its Gram block per labelling group computed once, added to the network part's
+    #: inner products every epoch: the same inner products, float32 rounding aside; k-NN "exact" only) |
+    #: "append" (the descriptors concatenated to the features every epoch, the form before issue 34; used
+    #: automatically with CA-Jaccard and approximate k-NN searches)
+    prior_mode: str = "gram"
+    #: where prior_mode=gram keeps the standardised descriptors: "auto" (in memory up to 1 GiB, above it in
+    #: an anonymous file in output_dir, removed by the OS when the run ends) | "memory" | "disk"
+    prior_store: str = "auto"
     #: which samples are clustered together (unreid.pseudo_labels.pipeline): "auto" (= "camera" when
     #: method.camera.matching=true, else "none": the recipes so far) | "none" (the whole set at once, Cluster
     #: Contrast) | "camera" (each camera on its own: MBCCM's per-modality clustering applied to cameras, our own
@@ -408,6 +417,8 @@ _CHOICES = {
     "pseudo_labels.on_no_clusters": {"stop", "keep"},
     "pseudo_labels.outliers": {"drop", "singleton"},
     "pseudo_labels.colour_descriptor": {"stripes", "lomo"},  # unreid.pseudo_labels.colour.DESCRIPTORS
+    "pseudo_labels.prior_mode": {"gram", "append"},  # unreid.pseudo_labels.prior.PRIOR_MODES
+    "pseudo_labels.prior_store": {"auto", "memory", "disk"},  # unreid.pseudo_labels.prior.PRIOR_STORES
     "pseudo_labels.group_by": {"auto", "none", "camera", "modality"},  # unreid.pseudo_labels.pipeline
     "pseudo_labels.association": {"auto", "merge", "matches"},
     "pseudo_labels.merge_mode": {"one_to_one", "bilateral", "relaxed"},  # unreid.pseudo_labels.matching.MATCH_MODES

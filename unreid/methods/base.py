@@ -251,8 +251,12 @@ class Method:
 
             from unreid.pseudo_labels.pipeline import build_label_pipeline
 
-            prior = self.descriptors if self.cfg.pseudo_labels.colour_weight > 0 else None
-            self._pipeline = build_label_pipeline(self.cfg, self.camids, self.modalities, descriptors=prior)
+            p = self.cfg.pseudo_labels
+            prior = None
+            if p.colour_weight > 0:
+                prior = self.descriptor_chunks if p.prior_mode == "gram" else self.descriptors
+            self._pipeline = build_label_pipeline(self.cfg, self.camids, self.modalities, descriptors=prior,
+                                                  store_dir=self.cfg.output_dir)
             logging.getLogger("unreid").info("pseudo-labels: %s", self._pipeline.describe())
         return self._pipeline
 
@@ -268,6 +272,16 @@ class Method:
             self._colour = load_descriptors([s.path for s in self.train_set], size,
                                             self.cfg.pseudo_labels.colour_descriptor, cache=self.image_cache)
         return self._colour
+
+    def descriptor_chunks(self) -> Any:
+        """The hand-crafted descriptors of :meth:`descriptors` as an iterator of ``(b, D) float32`` row chunks
+        (:func:`~unreid.pseudo_labels.colour.iter_descriptors`), for ``pseudo_labels.prior_mode=gram``, whose
+        :class:`~unreid.pseudo_labels.prior.DescriptorStore` never holds all the raw descriptors at once."""
+        from unreid.pseudo_labels.colour import iter_descriptors
+
+        size = (self.cfg.data.height, self.cfg.data.width)
+        return iter_descriptors([s.path for s in self.train_set], size, self.cfg.pseudo_labels.colour_descriptor,
+                                cache=self.image_cache)
 
     def set_labels(self, labels: PseudoLabels) -> None:
         """Make ``labels`` the current pseudo-labels (and the per-sample lookup :meth:`batch_targets` reads)."""

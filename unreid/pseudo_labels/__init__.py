@@ -65,6 +65,21 @@ def check_features(features: torch.Tensor | np.ndarray) -> torch.Tensor:
         ValueError: not 2-D or ``N < 2``; NaN / inf values (the number of bad rows is given);
             all-zero rows (they have no direction).
     """
+    f = _check_finite(features)
+    norms = f.norm(dim=1)
+    zero = int((norms == 0).sum())
+    if zero:
+        raise ValueError(f"{zero} of {f.shape[0]} feature rows are all zeros and cannot be L2-normalised; "
+                         "check the model's output (e.g. a dead ReLU / pooling layer)")
+    if float((norms - 1).abs().max()) > NORM_TOLERANCE:
+        log.warning("pseudo-labelling: features are not L2-normalised (norms %.4g..%.4g); normalising them",
+                    float(norms.min()), float(norms.max()))
+        f = F.normalize(f, dim=1)
+    return f.contiguous()
+
+
+def _check_finite(features: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``features`` as a float32 tensor; ``ValueError`` when not ``(N >= 2, d >= 1)`` or holding NaN / inf."""
     f = torch.as_tensor(features)
     if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 1:
         raise ValueError(f"pseudo-labelling needs an (N >= 2, d >= 1) feature matrix, got shape {tuple(f.shape)}")
@@ -75,15 +90,6 @@ def check_features(features: torch.Tensor | np.ndarray) -> torch.Tensor:
     if bad:
         raise ValueError(f"{bad} of {f.shape[0]} feature rows hold NaN or inf; the model diverged or AMP "
                          "overflowed: lower the learning rate, or set optim.amp=false")
-    norms = f.norm(dim=1)
-    zero = int((norms == 0).sum())
-    if zero:
-        raise ValueError(f"{zero} of {f.shape[0]} feature rows are all zeros and cannot be L2-normalised; "
-                         "check the model's output (e.g. a dead ReLU / pooling layer)")
-    if float((norms - 1).abs().max()) > NORM_TOLERANCE:
-        log.warning("pseudo-labelling: features are not L2-normalised (norms %.4g..%.4g); normalising them",
-                    float(norms.min()), float(norms.max()))
-        f = F.normalize(f, dim=1)
     return f.contiguous()
 
 
@@ -108,7 +114,9 @@ class PseudoLabeler:
 
         Args:
             features: ``(N, d) float32`` L2-normalised features (tensor on any device, or array).
-                Non-normalised features are normalised with a logged warning.
+                Non-normalised features are normalised with a logged warning. Or a
+                :class:`~unreid.pseudo_labels.prior.GramFeatures` (``pseudo_labels.prior_mode=gram``):
+                inner products ``f @ f.T + gram``, taken as they are (k-NN ``exact`` only).
             camids: ``(N,) int`` camera ids, for the report's cross-camera ratio only.
             gt: ``(N,) int`` true identities, for the report ONLY: the labels never depend on it.
 
@@ -126,9 +134,14 @@ class PseudoLabeler:
         When ``N <= k1`` the neighbour lists cannot hold ``k1`` samples: ``k1`` is clipped to ``N``
         with a logged warning (every sample is then in every list); ``infomap_k`` likewise.
         """
+        from unreid.pseudo_labels.prior import GramFeatures
+
         cfg = self.cfg
         t0 = time.perf_counter()
-        f = check_features(features)
+        if isinstance(features, GramFeatures):
+            f = GramFeatures(_check_finite(features.features), features.gram.float())
+        else:
+            f = check_features(features)
         n = f.shape[0]
         for name, arr in (("camids", camids), ("gt", gt)):
             if arr is not None and len(arr) != n:
@@ -177,6 +190,8 @@ class PseudoLabeler:
                 log.warning("pseudo-labelling: N=%d <= k1=%d; clipping k1 to %d", n, cfg.k1, k)
         else:
             k = min(cfg.infomap_k, n)
+        if hasattr(f, "gram"):  # GramFeatures
+            return knn(f.features, k, cfg.knn, cfg.knn_block, gram=f.gram)
         return knn(f, k, cfg.knn, cfg.knn_block, hnsw_m=cfg.hnsw_m,
                    hnsw_ef_construction=cfg.hnsw_ef_construction, hnsw_ef_search=cfg.hnsw_ef_search,
                    pca_dim=cfg.pca_dim, pca_oversample=cfg.pca_oversample)
@@ -214,6 +229,9 @@ class PseudoLabeler:
         """
         from unreid.pseudo_labels.jaccard import k_reciprocal_encoding
 
+        if hasattr(f, "gram"):  # GramFeatures
+            return k_reciprocal_encoding(f.features, neighbours[0], neighbours[1], neighbours[0].shape[1], self.cfg.k2,
+                                         gram=f.gram)
         return k_reciprocal_encoding(f, neighbours[0], neighbours[1], neighbours[0].shape[1], self.cfg.k2)
 
     def dbscan(self, n: int, graph: tuple[np.ndarray, np.ndarray, np.ndarray], eps: float) -> np.ndarray:

@@ -104,6 +104,25 @@ def load_colour_histograms(paths: Sequence[str], size: tuple[int, int], cache: A
 DESCRIPTORS = ("stripes", "lomo")
 
 
+def iter_descriptors(paths: Sequence[str], size: tuple[int, int], descriptor: str = "stripes",
+                     cache: Any = None, batch: int | None = None) -> Iterator[Tensor]:
+    """:func:`load_descriptors` in row chunks of ``batch`` images (default: 64 for LOMO, 256 for the
+    stripes, the loaders' own chunks), ``(b, D) float32`` each, so that a
+    consumer (:class:`unreid.pseudo_labels.prior.DescriptorStore`) never holds all of them at once.
+
+    Raises:
+        ValueError: ``descriptor`` not one of :data:`DESCRIPTORS`.
+    """
+    if descriptor not in DESCRIPTORS:
+        raise ValueError(f"unknown descriptor {descriptor!r}; choose one of {DESCRIPTORS}")
+    if descriptor == "lomo":
+        from unreid.pseudo_labels.lomo import lomo_descriptors as compute
+    else:
+        compute = colour_stripe_histograms
+    for chunk in load_images(paths, size, cache=cache, batch=batch or (64 if descriptor == "lomo" else 256)):
+        yield compute(chunk)
+
+
 def load_descriptors(paths: Sequence[str], size: tuple[int, int], descriptor: str = "stripes",
                      cache: Any = None) -> Tensor:
     """The prior's descriptors of image files at ``size = (H, W)``: the one place that maps
@@ -162,5 +181,5 @@ def append_colour(features: Tensor, colour: Tensor, camids: np.ndarray | Tensor,
     return F.normalize(torch.cat([f, weight * c], dim=1), dim=1)
 
 
-__all__ = ["DESCRIPTORS", "HSV_BINS", "STRIPES", "append_colour", "colour_stripe_histograms", "load_colour_histograms",
-           "load_descriptors", "load_images"]
+__all__ = ["DESCRIPTORS", "HSV_BINS", "STRIPES", "append_colour", "colour_stripe_histograms", "iter_descriptors",
+           "load_colour_histograms", "load_descriptors", "load_images"]

@@ -123,7 +123,7 @@ def _pair_dots(features: Tensor, rows: np.ndarray, cols: np.ndarray, chunk: int 
 
 
 def k_reciprocal_encoding(features: Tensor, indices: np.ndarray, similarities: np.ndarray | None,
-                          k1: int, k2: int) -> sp.csr_matrix:
+                          k1: int, k2: int, gram: Tensor | None = None) -> sp.csr_matrix:
     """The sparse k-reciprocal encoding ``V`` after query expansion (steps 2-5 of the module doc).
 
     Args:
@@ -134,6 +134,8 @@ def k_reciprocal_encoding(features: Tensor, indices: np.ndarray, similarities: n
             recompute every needed product from ``features``.
         k1: k-reciprocal neighbourhood size (CC: 30), ``1 <= k1 <= indices.shape[1]``.
         k2: query-expansion size (CC: 6), ``>= 1``; ``1`` disables it.
+        gram: ``(N, N) float32`` or ``None``: a fixed part added to every inner product computed from
+            ``features`` (``pseudo_labels.prior_mode=gram``, :mod:`unreid.pseudo_labels.prior`).
 
     Returns:
         ``(N, N) csr_matrix float32`` with sorted indices; every row sums to 1 (float32 rounding).
@@ -170,6 +172,9 @@ def k_reciprocal_encoding(features: Tensor, indices: np.ndarray, similarities: n
     missing = ~found
     if missing.any():
         dots[missing] = _pair_dots(torch.as_tensor(features).float(), rows[missing], cols[missing])
+        if gram is not None:
+            r, c = torch.from_numpy(rows[missing]), torch.from_numpy(cols[missing])
+            dots[missing] += gram.cpu()[r, c].numpy()
     w = np.exp(2.0 * dots.astype(np.float64) - 2.0)  # exp(-d), d = 2 - 2 cos in [0, 4]: no overflow
     w /= np.bincount(rows, weights=w, minlength=n)[rows]
     v = sp.csr_matrix((w.astype(np.float32), expanded.indices, expanded.indptr), shape=(n, n))

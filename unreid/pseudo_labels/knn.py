@@ -56,7 +56,7 @@ PENDING = 8
 
 def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int = 4096, *,
         hnsw_m: int = 32, hnsw_ef_construction: int = 64, hnsw_ef_search: int = 128,
-        pca_dim: int = 256, pca_oversample: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+        pca_dim: int = 256, pca_oversample: float = 1.5, gram: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of every row (inner product = cosine similarity), self first.
 
     Args:
@@ -73,6 +73,10 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         hnsw_ef_search: HNSW ``efSearch``; raised to ``k + 1`` when smaller.
         pca_dim: dimension of the subspace of ``method="pca"`` (no reduction when ``>= d``).
         pca_oversample: ``method="pca"`` re-ranks ``ceil(pca_oversample * k)`` candidates.
+        gram: ``(N, N) float32`` symmetric, or ``None``: inner products added to ``features @
+            features.T`` block by block (the fixed part of ``pseudo_labels.prior_mode=gram``,
+            :mod:`unreid.pseudo_labels.prior`); only with ``method="exact"``, searched by the
+            symmetric blocked product.
 
     Returns:
         ``(indices, similarities)``: ``(N, k) int64`` neighbour indices and ``(N, k) float32``
@@ -80,7 +84,8 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         product). See the module docstring for the tie rule.
 
     Raises:
-        ValueError: ``features`` not 2-D, ``k`` outside ``[1, N]``, or an unknown ``method``.
+        ValueError: ``features`` not 2-D, ``k`` outside ``[1, N]``, an unknown ``method``, or ``gram``
+            not ``(N, N)`` or with a ``method`` other than ``"exact"``.
         ImportError: ``method`` needs faiss and it is not installed.
     """
     f = torch.as_tensor(features)
@@ -92,10 +97,21 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         raise ValueError(f"k-NN: k must be in [1, N={n}], got k={k}")
     if method not in _METHODS:
         raise ValueError(f"unknown k-NN method {method!r}; choose one of {', '.join(_METHODS)}")
+    if gram is not None:
+        if method != "exact":
+            raise ValueError(f"k-NN with a fixed Gram part (pseudo_labels.prior_mode=gram) needs knn=exact, got "
+                             f"{method!r}; set pseudo_labels.prior_mode=append for the {method} search")
+        if tuple(gram.shape) != (n, n):
+            raise ValueError(f"k-NN: the Gram part must be ({n}, {n}), got {tuple(gram.shape)}")
+        gram = gram.to(device=f.device, dtype=torch.float32)
     self_sim = _self_similarity(f)
+    if gram is not None:
+        self_sim = self_sim + gram.diagonal().cpu().numpy()
     if k == 1:
         return np.arange(n, dtype=np.int64)[:, None], self_sim[:, None]
-    if method == "exact" and f.device.type == "cpu":
+    if gram is not None:
+        idx, sim = _exact_symmetric(f, k - 1, max(1, int(block)), gram=gram)
+    elif method == "exact" and f.device.type == "cpu":
         idx, sim = _exact_threshold_cpu(f, k - 1, max(1, min(int(block), CPU_BLOCK)))
     elif method == "exact":
         idx, sim = _exact_symmetric(f, k - 1, max(1, int(block)))
@@ -142,11 +158,12 @@ def _buffer(size: int, device: torch.device) -> Tensor:
     return torch.empty(size, dtype=torch.float32, device=device)
 
 
-def _exact_symmetric(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``kk`` other rows of every row by blocked ``f @ f.T``, upper block triangle only (any device).
+def _exact_symmetric(f: Tensor, kk: int, block: int, gram: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``kk`` other rows of every row by blocked ``f @ f.T`` (``+ gram`` block by block when
+    given), upper block triangle only (any device).
 
     Each product updates the rows of ``I`` with ``topk`` along its rows and the rows of ``J`` with
-    ``topk`` along its columns (used on CUDA, where ``topk`` is cheap).
+    ``topk`` along its columns (used on CUDA, where ``topk`` is cheap, and with a Gram part).
     """
     n = f.shape[0]
     dev = f.device
@@ -163,6 +180,8 @@ def _exact_symmetric(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np.nda
             e1 = min(n, s1 + block)
             sim = prod[: (e0 - s0) * (e1 - s1)].view(e0 - s0, e1 - s1)
             torch.mm(fa, f[s1:e1].T, out=sim)
+            if gram is not None:
+                sim.add_(gram[s0:e0, s1:e1])
             if s1 == s0:
                 sim.fill_diagonal_(float("-inf"))  # self is column 0, added by the caller
             v, i = sim.topk(min(kk, e1 - s1), dim=1)

@@ -46,7 +46,9 @@ Not here: the supervised reference (``method.supervised``) and ``pseudo_labels.o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -56,7 +58,10 @@ from torch import Tensor
 from unreid.config import Config, PseudoLabelConfig, check_grouping, resolve_grouping
 from unreid.pseudo_labels import NoClustersError, PseudoLabeler
 from unreid.pseudo_labels.base import PseudoLabels
+from unreid.pseudo_labels.prior import PriorFeatures
 from unreid.pseudo_labels.quality import cluster_report
+
+log = logging.getLogger("unreid")
 
 
 # ---------------------------------------------------------------------------------------- transforms
@@ -90,44 +95,80 @@ class HandCraftedPrior:
     the descriptors standardised per camera (stripe colour histograms after ELF / LOMO, or LOMO
     itself, Liao et al. CVPR 2015; see :mod:`unreid.pseudo_labels.colour`).
 
+    Two forms give the labeller the same inner products (``pseudo_labels.prior_mode``):
+    ``"append"`` returns the concatenated ``(N, d + D)`` features every call; ``"gram"`` returns a
+    :class:`~unreid.pseudo_labels.prior.PriorFeatures` whose fixed part (standardised descriptors,
+    per-group Gram blocks) is computed once (:mod:`unreid.pseudo_labels.prior`).
+
     Args:
         descriptors: zero-argument callable returning ``(N, D) float32`` descriptors of the training
-            images (the method owns the images and their cache). It is called once, on the first
-            use, and its result is kept: computing LOMO takes minutes.
+            images, or an iterable of their row chunks (the method owns the images and their cache).
+            It is called once, on the first use, and its result is kept: computing LOMO takes minutes.
         camids: ``(N,) int64`` camera ids (the descriptors are standardised per camera).
         weight: ``> 0``, the descriptors' weight (``pseudo_labels.colour_weight``).
         name: the descriptor's name for :meth:`describe` (``pseudo_labels.colour_descriptor``).
+        mode: ``"append"`` (this class's default, the form before issue 34) or ``"gram"`` (the
+            config's default, ``pseudo_labels.prior_mode``).
+        store: where ``gram`` keeps the standardised descriptors (``pseudo_labels.prior_store``:
+            ``auto`` / ``memory`` / ``disk``).
+        store_dir: the folder of the ``disk`` store's anonymous file (``None``: the system's
+            temporary directory).
 
     Raises:
-        ValueError: ``weight <= 0``.
+        ValueError: ``weight <= 0``, or an unknown ``mode`` / ``store``.
     """
 
-    def __init__(self, descriptors: Callable[[], Tensor], camids: np.ndarray, weight: float,
-                 name: str = "descriptors") -> None:
+    def __init__(self, descriptors: Callable[[], Tensor | Iterable[Tensor]], camids: np.ndarray, weight: float,
+                 name: str = "descriptors", mode: str = "append", store: str = "auto",
+                 store_dir: str | Path | None = None) -> None:
+        from unreid.pseudo_labels.prior import PRIOR_MODES, PRIOR_STORES
+
         if weight <= 0:
             raise ValueError(f"pseudo_labels.colour_weight must be > 0 to append descriptors, got {weight}")
+        if mode not in PRIOR_MODES or store not in PRIOR_STORES:
+            raise ValueError(f"prior mode / store must be in {PRIOR_MODES} / {PRIOR_STORES}, got {mode!r} / {store!r}")
         self._load = descriptors
         self._descriptors: Tensor | None = None
+        self._store = None
         self.camids = np.asarray(camids, dtype=np.int64)
         self.weight = float(weight)
         self.name = name
+        self.mode = mode
+        self.store_kind = store
+        self.store_dir = store_dir
 
     @property
     def descriptors(self) -> Tensor:
-        """The ``(N, D)`` descriptors, computed on first access and cached."""
+        """The ``(N, D)`` raw descriptors (``append`` mode), computed on first access and cached."""
         if self._descriptors is None:
-            self._descriptors = torch.as_tensor(self._load())
+            loaded = self._load()
+            self._descriptors = loaded if isinstance(loaded, Tensor) else torch.cat(list(loaded))
         return self._descriptors
 
-    def __call__(self, features: Tensor) -> Tensor:
-        """``(N, d) float32`` -> ``(N, d + D) float32``, L2-normalised; ``ValueError`` when the
-        descriptors do not have one row per feature."""
+    @property
+    def store(self):
+        """The :class:`~unreid.pseudo_labels.prior.DescriptorStore` (``gram`` mode), built on first access."""
+        if self._store is None:
+            from unreid.pseudo_labels.prior import build_store
+
+            self._store = build_store(self._load, self.camids, self.weight, self.store_kind, self.store_dir)
+        return self._store
+
+    def __call__(self, features: Tensor):
+        """``append``: ``(N, d) float32`` -> ``(N, d + D) float32``, L2-normalised. ``gram``: a
+        :class:`~unreid.pseudo_labels.prior.PriorFeatures` (the same inner products, the fixed part
+        computed once). ``ValueError`` when the descriptors do not have one row per feature."""
+        if self.mode == "gram":
+            from unreid.pseudo_labels.prior import PriorFeatures
+
+            return PriorFeatures(features, self.store, self.weight)
         from unreid.pseudo_labels.colour import append_colour
 
         return append_colour(features, self.descriptors, self.camids, self.weight)
 
     def describe(self) -> str:
-        return f"append {self.name} (weight {self.weight:g}, standardised per camera)"
+        how = "; its Gram blocks computed once" if self.mode == "gram" else ""
+        return f"append {self.name} (weight {self.weight:g}, standardised per camera{how})"
 
 
 # ---------------------------------------------------------------------------------------- labellers
@@ -317,6 +358,8 @@ class LabelPipeline:
         for transform in self.transforms:
             features = transform(features)
         if self.groups is None:
+            if isinstance(features, PriorFeatures):  # prior_mode=gram
+                features = features.select()
             return self.labeller.fit(features, camids=self.camids)
         grouped = self._label_groups(features)
         out = self.association(grouped, self.group_name)
@@ -333,7 +376,8 @@ class LabelPipeline:
         samples outliers); ``NoClustersError`` when no group produced a cluster."""
         from unreid.pseudo_labels.matching import cluster_centroids
 
-        feats = torch.as_tensor(features, dtype=torch.float32)
+        prior = features if isinstance(features, PriorFeatures) else None  # prior_mode=gram
+        feats = None if prior is not None else torch.as_tensor(features, dtype=torch.float32)
         labels = np.full(len(self.groups), -1, dtype=np.int64)
         offset, clustered, per_group, per_group_eps = 0, [], {}, {}
         for g in np.unique(self.groups):
@@ -341,14 +385,15 @@ class LabelPipeline:
             if len(idx) < 2:
                 continue
             try:
-                pl = self.labeller.fit(feats[idx], camids=self.camids[idx])
+                pl = self.labeller.fit(prior.select(idx) if prior is not None else feats[idx], camids=self.camids[idx])
             except NoClustersError:
                 per_group[int(g)] = 0
                 continue
             keep = pl.labels >= 0
             labels[idx[keep]] = pl.labels[keep] + offset
-            clustered.append((int(g), np.arange(offset, offset + pl.num_clusters),
-                              cluster_centroids(feats[idx], pl.labels, pl.num_clusters).cpu()))
+            centroids = (prior.centroids(idx, pl.labels, pl.num_clusters) if prior is not None
+                         else cluster_centroids(feats[idx], pl.labels, pl.num_clusters))
+            clustered.append((int(g), np.arange(offset, offset + pl.num_clusters), centroids.cpu()))
             per_group[int(g)] = pl.num_clusters
             per_group_eps[int(g)] = pl.eps
             offset += pl.num_clusters
@@ -373,7 +418,8 @@ class LabelPipeline:
 
 
 def build_label_pipeline(cfg: Config, camids: np.ndarray, modalities: np.ndarray | None = None,
-                         descriptors: Callable[[], Tensor] | None = None) -> LabelPipeline:
+                         descriptors: Callable[[], Tensor | Iterable[Tensor]] | None = None,
+                         store_dir: str | Path | None = None) -> LabelPipeline:
     """The label pipeline of ``cfg`` (module doc), built once per run.
 
     Args:
@@ -381,7 +427,10 @@ def build_label_pipeline(cfg: Config, camids: np.ndarray, modalities: np.ndarray
         camids: ``(N,) int64`` camera ids of the training samples.
         modalities: ``(N,) int64`` modalities (needed with ``pseudo_labels.group_by=modality``).
         descriptors: zero-argument callable returning the ``(N, D) float32`` hand-crafted
-            descriptors (needed with ``pseudo_labels.colour_weight > 0``); called once, lazily.
+            descriptors, or an iterable of their row chunks (needed with ``pseudo_labels.colour_weight
+            > 0``); called once, lazily.
+        store_dir: where ``pseudo_labels.prior_store`` puts the prior's anonymous file when it is on
+            disk (the run's output directory; ``None`` = the system's temporary directory).
 
     Returns:
         a :class:`LabelPipeline`; ``pipeline(features)`` gives the epoch's :class:`PseudoLabels`.
@@ -401,7 +450,13 @@ def build_label_pipeline(cfg: Config, camids: np.ndarray, modalities: np.ndarray
     if p.colour_weight > 0:
         if descriptors is None:
             raise ValueError("pseudo_labels.colour_weight > 0 needs the images' descriptors: pass descriptors=")
-        transforms.append(HandCraftedPrior(descriptors, camids, p.colour_weight, p.colour_descriptor))
+        mode = p.prior_mode
+        if mode == "gram" and (cam.neighbourhood == "ca_jaccard" or p.knn != "exact"):
+            log.info("pseudo-labels: prior_mode=gram needs knn=exact and the k-reciprocal labeller; the prior is "
+                     "appended to the features instead (prior_mode=append)")
+            mode = "append"
+        transforms.append(HandCraftedPrior(descriptors, camids, p.colour_weight, p.colour_descriptor, mode=mode,
+                                           store=p.prior_store, store_dir=store_dir))
     if cam.neighbourhood == "ca_jaccard":
         from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
 

@@ -1,0 +1,322 @@
+"""The hand-crafted prior computed once (``pseudo_labels.prior_mode=gram``, the default).
+
+With ``pseudo_labels.colour_weight = w > 0`` the pseudo-labeller sees ``x = normalize([f, w c])``
+(:func:`unreid.pseudo_labels.colour.append_colour`): ``f`` the L2-normalised network feature, ``c``
+the hand-crafted descriptor standardised per camera and L2-normalised. Both parts have unit norm, so
+``|[f, w c]| = sqrt(1 + w^2)`` for every image and every inner product the labeller uses splits into
+a part that changes every epoch and a part that never does::
+
+    x_i . x_j = f_i . f_j / (1 + w^2)  +  w^2 c_i . c_j / (1 + w^2)
+              = f'_i . f'_j            +  G_ij
+
+The ``append`` form (``pseudo_labels.prior_mode=append``) concatenates the parts every epoch: with
+LOMO (26,960 dimensions) every k-NN search multiplies 29,008-dimensional vectors and the whole
+``N x 26,960`` matrix stays in memory (0.6 GB for CUHK03's 5,300 images, 3.5 GB at MSMT17's 32,621).
+The ``gram`` form computes what never changes once:
+
+* the standardised descriptors ``c' = w c / sqrt(1 + w^2)`` are written once, in row chunks, to a
+  :class:`DescriptorStore` (in memory, or an anonymous file on disk, so that their size is not held
+  in memory);
+* each labelling group's Gram block ``G = C'_g C'_g^T`` (per camera with the camera-grouped
+  recipes: ``sum_g N_g^2`` floats, not ``N^2``) is computed once and kept;
+* every epoch the k-NN search runs on the network part only and adds ``G`` block by block
+  (:func:`unreid.pseudo_labels.knn.knn` with ``gram=``), the k-reciprocal encoding takes the missing
+  inner products from ``G`` too, and the cluster centroids that the cross-camera matching compares
+  get their descriptor part by streaming the store once (``K x D`` sums).
+
+Nothing the labeller sees changes: the same inner products, summed in another order, so equal up to
+float32 rounding (``tests/test_label_prior.py`` compares the two forms' neighbours, Jaccard graph and
+labels). The cost and memory figures are in docs/BENCHMARKS.md ("The LOMO prior at scale").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger("unreid")
+
+#: ``pseudo_labels.prior_mode`` values (unreid.config)
+PRIOR_MODES = ("gram", "append")
+#: ``pseudo_labels.prior_store`` values (unreid.config)
+PRIOR_STORES = ("auto", "memory", "disk")
+#: ``prior_store=auto`` keeps the descriptors in memory up to this size, on disk above (the 1 GB
+#: budget of issue 34 for an MSMT17-size prior)
+AUTO_MEMORY_BYTES = 1 << 30
+#: rows read from the store at a time (26,960-d LOMO: 110 MB per chunk)
+CHUNK_ROWS = 1024
+
+
+class _Rows:
+    """Float32 rows ``(n, d)`` in memory or in an anonymous file read and written with ``pread`` /
+    ``pwrite`` (not ``mmap``: the pages read stay in the kernel's page cache, not in the process's
+    resident set). Row positions are the file's order; runs of consecutive positions are read at once."""
+
+    def __init__(self, n: int, d: int, on_disk: bool, directory: str | Path | None) -> None:
+        self.n, self.d = n, d
+        self.row_bytes = d * 4
+        self.fh = None
+        self.mem: np.ndarray | None = None
+        if on_disk:
+            directory = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+            directory.mkdir(parents=True, exist_ok=True)
+            self.fh = tempfile.TemporaryFile(dir=directory, prefix="unreid-prior-")
+            self.fh.truncate(n * self.row_bytes)
+            log.info("pseudo-labels: the prior's %d x %d descriptors (%.2f GB) live in an anonymous file in %s",
+                     n, d, n * self.row_bytes / 1e9, directory)
+        else:
+            self.mem = np.empty((n, d), dtype=np.float32)
+
+    @staticmethod
+    def _runs(pos: np.ndarray) -> list[tuple[int, int, int]]:
+        """``(first position, count, index into pos)`` of each run of consecutive sorted positions."""
+        cuts = np.flatnonzero(np.diff(pos) != 1) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(pos)]])
+        return [(int(pos[a]), int(b - a), int(a)) for a, b in zip(starts, ends)]
+
+    def read(self, pos: np.ndarray) -> np.ndarray:
+        """``(len(pos), d) float32`` rows at positions ``pos`` (any order)."""
+        if self.mem is not None:
+            return self.mem[pos]
+        order = np.argsort(pos, kind="stable")
+        out = np.empty((len(pos), self.d), dtype=np.float32)
+        sorted_out = np.empty_like(out)
+        fd = self.fh.fileno()
+        for first, count, at in self._runs(pos[order]):
+            buf = os.pread(fd, count * self.row_bytes, first * self.row_bytes)
+            sorted_out[at:at + count] = np.frombuffer(buf, dtype=np.float32).reshape(count, self.d)
+        out[order] = sorted_out
+        return out
+
+    def write(self, pos: np.ndarray, rows: np.ndarray) -> None:
+        """Write ``rows`` ``(len(pos), d) float32`` at positions ``pos``."""
+        if self.mem is not None:
+            self.mem[pos] = rows
+            return
+        order = np.argsort(pos, kind="stable")
+        rows = np.ascontiguousarray(rows[order], dtype=np.float32)
+        fd = self.fh.fileno()
+        for first, count, at in self._runs(pos[order]):
+            os.pwrite(fd, rows[at:at + count].tobytes(), first * self.row_bytes)
+
+
+class DescriptorStore:
+    """Per-camera standardised, L2-normalised, weighted descriptors ``(N, D) float32``, written once.
+
+    Row ``i`` is ``scale * normalize((d_i - mu_c) / (sigma_c + 1e-6))`` for camera ``c`` of image
+    ``i``: :func:`unreid.pseudo_labels.camera.camera_standardize` (unbiased per-dimension standard
+    deviation; a camera with a single image keeps its descriptor, only normalised) computed in two
+    passes over row chunks, so the raw descriptors never need to be in memory at once. The per-camera
+    sums are accumulated in float64. Rows are kept camera by camera, so that a camera's rows (the
+    labelling groups of the camera-grouped recipes) are read as one run.
+
+    Args:
+        chunks: the raw descriptors ``(b, D) float32`` in row order, in chunks (any sizes), e.g.
+            :func:`unreid.pseudo_labels.colour.iter_descriptors`; or one ``(N, D)`` tensor.
+        camids: ``(N,) int64`` camera id of every row.
+        scale: the factor applied after normalisation (``w / sqrt(1 + w^2)`` for the prior).
+        store: ``"memory"``, ``"disk"`` (an anonymous file in ``directory``, read with ``pread``; the
+            operating system removes it when the store is closed or the process ends, even on SIGKILL)
+            or ``"auto"`` (disk when ``N * D * 4`` bytes exceed :data:`AUTO_MEMORY_BYTES`).
+        directory: where the ``disk`` file lives (the run's output directory in training); ``None``
+            = the system's temporary directory.
+
+    Raises:
+        ValueError: ``store`` unknown, chunks of different widths, or not ``N`` rows in all.
+    """
+
+    def __init__(self, chunks: Tensor | Iterable[Tensor], camids: np.ndarray, scale: float = 1.0,
+                 store: str = "auto", directory: str | Path | None = None) -> None:
+        if store not in PRIOR_STORES:
+            raise ValueError(f"unknown prior store {store!r}; choose one of {PRIOR_STORES}")
+        self.camids = np.asarray(camids, dtype=np.int64)
+        n = len(self.camids)
+        if isinstance(chunks, Tensor):
+            chunks = [chunks]
+        cams, cam_index = np.unique(self.camids, return_inverse=True)
+        order = np.argsort(cam_index, kind="stable")
+        self.pos = np.empty(n, dtype=np.int64)
+        self.pos[order] = np.arange(n)  # file position of every row: camera by camera
+        self._rows: _Rows | None = None
+        sums = sq = None
+        row = 0
+        for chunk in chunks:
+            x = np.ascontiguousarray(torch.as_tensor(chunk, dtype=torch.float32).cpu().numpy())
+            if self._rows is None:
+                d = x.shape[1] if x.ndim == 2 else 0
+                on_disk = store == "disk" or (store == "auto" and n * d * 4 > AUTO_MEMORY_BYTES)
+                self._rows = _Rows(n, d, on_disk, directory)
+                sums = np.zeros((len(cams), d))
+                sq = np.zeros((len(cams), d))
+            if x.ndim != 2 or x.shape[1] != self._rows.d or row + len(x) > n:
+                raise ValueError(f"descriptor chunk of shape {x.shape} at row {row} does not fit ({n}, "
+                                 f"{self._rows.d}) descriptors (one row per training image)")
+            self._rows.write(self.pos[row:row + len(x)], x)
+            ci = cam_index[row:row + len(x)]
+            for c in np.unique(ci):
+                xc = x[ci == c].astype(np.float64)
+                sums[c] += xc.sum(0)
+                sq[c] += (xc * xc).sum(0)
+            row += len(x)
+        if self._rows is None or row != n:
+            raise ValueError(f"{row} descriptor rows for {n} training images")
+        counts = np.bincount(cam_index, minlength=len(cams))
+        mean = sums / counts[:, None]
+        var = np.maximum(sq - counts[:, None] * mean * mean, 0.0) / np.maximum(counts - 1, 1)[:, None]
+        std = np.sqrt(var)
+        cam_of_pos = cam_index[order]
+        for s in range(0, n, CHUNK_ROWS):
+            pos = np.arange(s, min(n, s + CHUNK_ROWS))
+            x = torch.from_numpy(np.array(self._rows.read(pos)))
+            ci = cam_of_pos[pos]
+            y = (x - torch.from_numpy(mean[ci].astype(np.float32))) / (torch.from_numpy(std[ci].astype(np.float32))
+                                                                       + 1e-6)
+            single = torch.from_numpy(counts[ci] == 1)
+            y[single] = x[single]
+            self._rows.write(pos, (F.normalize(y, dim=1) * scale).numpy())
+        self.scale = float(scale)
+        self._grams: dict[bytes, Tensor] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._rows.n, self._rows.d)
+
+    @property
+    def on_disk(self) -> bool:
+        return self._rows.fh is not None
+
+    def rows(self, idx: np.ndarray) -> Tensor:
+        """``(len(idx), D) float32`` rows ``idx`` (a copy)."""
+        return torch.from_numpy(np.ascontiguousarray(self._rows.read(self.pos[np.asarray(idx, dtype=np.int64)])))
+
+    def close(self) -> None:
+        """Release the disk file (the operating system removes it)."""
+        if self._rows is not None and self._rows.fh is not None:
+            self._rows.fh.close()
+
+    def gram(self, idx: np.ndarray | None = None) -> Tensor:
+        """``(n, n) float32`` inner products of rows ``idx`` (``None`` = all rows), computed once per
+        distinct ``idx`` and kept (the labelling groups never change during a run).
+
+        Blocked over row chunks of :data:`CHUNK_ROWS` (upper block triangle, mirrored), so only two
+        chunks of descriptors are in memory at a time.
+        """
+        idx = np.arange(self.shape[0]) if idx is None else np.asarray(idx, dtype=np.int64)
+        key = idx.tobytes()
+        if key not in self._grams:
+            n = len(idx)
+            g = torch.empty(n, n, dtype=torch.float32)
+            starts = list(range(0, n, CHUNK_ROWS))
+            for a, s0 in enumerate(starts):
+                xa = self.rows(idx[s0:s0 + CHUNK_ROWS])
+                for s1 in starts[a:]:
+                    xb = xa if s1 == s0 else self.rows(idx[s1:s1 + CHUNK_ROWS])
+                    block = xa @ xb.T
+                    g[s0:s0 + len(xa), s1:s1 + len(xb)] = block
+                    if s1 != s0:
+                        g[s1:s1 + len(xb), s0:s0 + len(xa)] = block.T
+            self._grams[key] = g
+        return self._grams[key]
+
+    def gram_bytes(self) -> int:
+        """Bytes held by the cached Gram blocks."""
+        return sum(g.numel() * 4 for g in self._grams.values())
+
+    def cluster_sums(self, idx: np.ndarray, labels: np.ndarray, num_clusters: int) -> Tensor:
+        """``(num_clusters, D) float32`` sum of the rows ``idx[labels == k]`` for every cluster ``k``
+        (``labels`` ``(len(idx),) int64``, ``-1`` left out), streamed over row chunks."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = torch.zeros(num_clusters, self.shape[1])
+        keep = np.flatnonzero(labels >= 0)
+        for s in range(0, len(keep), CHUNK_ROWS):
+            part = keep[s:s + CHUNK_ROWS]
+            out.index_add_(0, torch.from_numpy(labels[part].astype(np.int64)), self.rows(idx[part]))
+        return out
+
+
+@dataclass
+class GramFeatures:
+    """Features whose inner products are ``features @ features.T + gram`` (one labelling group).
+
+    What :class:`unreid.pseudo_labels.PseudoLabeler` takes in place of a feature matrix under
+    ``prior_mode=gram``: the k-NN search adds ``gram`` to each block of products
+    (:func:`unreid.pseudo_labels.knn.knn`), the k-reciprocal encoding reads the inner products it
+    lacks from both.
+
+    Attributes:
+        features: ``(n, d) float32``, the changing part (``f / sqrt(1 + w^2)``).
+        gram: ``(n, n) float32``, the fixed part's inner products (symmetric).
+    """
+
+    features: Tensor
+    gram: Tensor
+
+    def __post_init__(self) -> None:
+        n = self.features.shape[0]
+        if self.features.ndim != 2 or tuple(self.gram.shape) != (n, n):
+            raise ValueError(f"GramFeatures needs (n, d) features and an (n, n) Gram matrix, got "
+                             f"{tuple(self.features.shape)} and {tuple(self.gram.shape)}")
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.features.shape)
+
+
+class PriorFeatures:
+    """The network features with the fixed prior attached, before the grouping (``prior_mode=gram``).
+
+    Args:
+        features: ``(N, d) float32`` network features (any norm; L2-normalised here).
+        store: the prior's :class:`DescriptorStore` (already scaled by ``w / sqrt(1 + w^2)``).
+        weight: the prior's weight ``w`` (``pseudo_labels.colour_weight``).
+    """
+
+    def __init__(self, features: Tensor, store: DescriptorStore, weight: float) -> None:
+        if features.shape[0] != store.shape[0]:
+            raise ValueError(f"{store.shape[0]} descriptors for {features.shape[0]} features")
+        self.features = F.normalize(torch.as_tensor(features, dtype=torch.float32).cpu(), dim=1) / math.sqrt(
+            1.0 + weight * weight)
+        self.store = store
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def select(self, idx: np.ndarray | None = None) -> GramFeatures:
+        """The :class:`GramFeatures` of rows ``idx`` (``None`` = all), the Gram block kept by the store."""
+        f = self.features if idx is None else self.features[torch.as_tensor(np.asarray(idx, dtype=np.int64))]
+        return GramFeatures(f.contiguous(), self.store.gram(idx))
+
+    def centroids(self, idx: np.ndarray, labels: np.ndarray, num_clusters: int) -> Tensor:
+        """``(num_clusters, d + D) float32`` L2-normalised cluster means of the appended features
+        ``[f', c']`` of rows ``idx`` (what :func:`~unreid.pseudo_labels.matching.cluster_centroids`
+        gives in the ``append`` form), the descriptor part streamed from the store."""
+        idx = np.asarray(idx, dtype=np.int64)
+        keep = labels >= 0
+        f = self.features[torch.as_tensor(idx)]
+        net = torch.zeros(num_clusters, f.shape[1]).index_add_(0, torch.as_tensor(labels[keep]),
+                                                              f[torch.as_tensor(np.flatnonzero(keep))])
+        return F.normalize(torch.cat([net, self.store.cluster_sums(idx, labels, num_clusters)], dim=1), dim=1)
+
+
+def build_store(descriptors: Callable[[], Tensor | Iterable[Tensor]], camids: np.ndarray, weight: float,
+                store: str = "auto", directory: str | Path | None = None) -> DescriptorStore:
+    """A :class:`DescriptorStore` of the prior scaled by ``w / sqrt(1 + w^2)`` (module doc)."""
+    return DescriptorStore(descriptors(), camids, weight / math.sqrt(1.0 + weight * weight), store, directory)
+
+
+__all__ = ["AUTO_MEMORY_BYTES", "DescriptorStore", "GramFeatures", "PRIOR_MODES", "PRIOR_STORES", "PriorFeatures",
+           "build_store"]
