@@ -12,7 +12,9 @@ config, in one of three forms:
   ``unreid.pseudo_labels.prior``).
 
 The network features are synthetic (``benchmarks/pseudo_labels.py``'s ``make_features``: 2048-d,
-identities of about 16 images, ``--cams`` cameras with their own offsets). The descriptors are
+identities of about 16 images, ``--cams`` cameras with their own offsets, each identity seen by
+``min(cams, 3)`` of them, so that each camera holds a few images of a person, as the per-camera
+clustering with ``min_samples`` 4 needs). The descriptors are
 ``lomo`` (LOMO of synthetic images drawn by the library's generator, ``unreid.data.synthetic``, one
 per feature row with its identity and camera, 128 x 64; cached in ``--cache`` as ``.npy``, which the
 store reads in chunks as it would read images) or ``random`` (unit rows of LOMO's 26,960
@@ -81,9 +83,16 @@ def lomo_of_synthetic(ids: np.ndarray, cams: np.ndarray, path: Path, seed: int =
     return np.load(path, mmap_mode="r")
 
 
-def chunks_of(arr: np.ndarray, rows: int = 1024):
-    for s in range(0, len(arr), rows):
-        yield torch.from_numpy(np.array(arr[s:s + rows]))
+def chunks_of(path: Path, rows: int = 1024):
+    """Row chunks of a 2-D float32 ``.npy`` read with plain file reads (an ``mmap`` would count the
+    file's pages in this process's resident memory, which the training run, describing images, has not)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+        for s in range(0, shape[0], rows):
+            m = min(rows, shape[0] - s)
+            yield torch.from_numpy(np.fromfile(fh, dtype=np.float32, count=m * shape[1]).reshape(m, shape[1]))
 
 
 def random_chunks(n: int, seed: int, rows: int = 1024):
@@ -127,7 +136,7 @@ def main() -> None:
     from unreid.config import load_config
     from unreid.pseudo_labels.pipeline import build_label_pipeline
 
-    feats, ids, cams = make_features(args.n, args.dim, seed=args.seed, cams=args.cams)
+    feats, ids, cams = make_features(args.n, args.dim, seed=args.seed, cams=args.cams, views=min(args.cams, 3))
     cache = Path(args.cache)
     overrides = [f"pseudo_labels.prior_store={args.store}"]
     descriptors = None
@@ -136,8 +145,9 @@ def main() -> None:
     else:
         overrides.append(f"pseudo_labels.prior_mode={args.form}")
         if args.descriptors == "lomo":
-            arr = lomo_of_synthetic(ids, cams, cache / f"lomo_n{args.n}_c{args.cams}_s{args.seed}.npy", args.seed)
-            descriptors = lambda: chunks_of(arr)  # noqa: E731
+            path = cache / f"lomo_n{args.n}_c{args.cams}_v{min(args.cams, 3)}_s{args.seed}.npy"
+            lomo_of_synthetic(ids, cams, path, args.seed)
+            descriptors = lambda: chunks_of(path)  # noqa: E731
         else:
             descriptors = lambda: random_chunks(args.n, args.seed)  # noqa: E731
     cfg = load_config(CONFIG, overrides)

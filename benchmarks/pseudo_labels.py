@@ -89,7 +89,7 @@ class Peak:
 
 def make_features(n: int, dim: int, seed: int = 0, per_id: int = 16, cams: int = 6, latent: int = 128,
                   spread: float = 1.0, noise: float = 0.5, cam_offset: float = 0.7, chunk: int = 8192,
-                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+                  views: int | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Clustered unit features with a low intrinsic dimension, generated in float32 chunks.
 
     Sample ``i`` of identity ``p`` seen by camera ``c`` is
@@ -99,7 +99,9 @@ def make_features(n: int, dim: int, seed: int = 0, per_id: int = 16, cams: int =
     features concentrate most of their variance in a few hundred directions; with isotropic
     2048-d centres every non-identity neighbour would be a near-tie and no approximate search could
     tell them apart), ``offset[c]`` are random unit vectors (the camera gap) and ``g`` is standard
-    Gaussian noise. Identities have ``per_id`` images on average (uniform draw).
+    Gaussian noise. Identities have ``per_id`` images on average (uniform draw). Each image's camera
+    is drawn uniformly from all ``cams``, or, with ``views`` set, from ``views`` distinct cameras
+    drawn once per identity (a person passes a few of the cameras: ``benchmarks/label_prior.py``).
 
     Returns:
         ``(features (n, dim) float32 L2-normalised, identities (n,) int64, cameras (n,) int64)``.
@@ -108,6 +110,9 @@ def make_features(n: int, dim: int, seed: int = 0, per_id: int = 16, cams: int =
     n_ids = max(1, n // per_id)
     ids = torch.randint(n_ids, (n,), generator=g)
     cam = torch.randint(cams, (n,), generator=g)
+    if views is not None:
+        seen = torch.argsort(torch.rand(n_ids, cams, generator=g), dim=1)[:, :min(views, cams)]
+        cam = seen[ids, torch.randint(seen.shape[1], (n,), generator=g)]
     basis, _ = torch.linalg.qr(torch.randn(dim, latent, generator=g))  # (dim, latent) orthonormal
     centres = torch.nn.functional.normalize(torch.randn(n_ids, latent, generator=g), dim=1) @ basis.T
     offsets = torch.nn.functional.normalize(torch.randn(cams, dim, generator=g), dim=1) * cam_offset

@@ -86,6 +86,10 @@ def test_store_gram_blocks_and_cluster_sums(monkeypatch):
     labels = np.random.default_rng(0).integers(-1, 6, len(idx))
     sums = torch.stack([ref[idx[labels == k]].sum(0) for k in range(6)])
     torch.testing.assert_close(s.cluster_sums(idx, labels, 6), sums, atol=2e-5, rtol=0)
+    scattered = np.sort(np.random.default_rng(2).choice(len(cam), 150, replace=False))  # rows of every camera
+    labels = np.random.default_rng(3).integers(-1, 4, 150)
+    sums = torch.stack([ref[scattered[labels == k]].sum(0) for k in range(4)])
+    torch.testing.assert_close(s.cluster_sums(scattered, labels, 4), sums, atol=2e-5, rtol=0)
 
 
 def test_store_rejects_wrong_chunks():

@@ -109,10 +109,10 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         self_sim = self_sim + gram.diagonal().cpu().numpy()
     if k == 1:
         return np.arange(n, dtype=np.int64)[:, None], self_sim[:, None]
-    if gram is not None:
+    if method == "exact" and f.device.type == "cpu":
+        idx, sim = _exact_threshold_cpu(f, k - 1, max(1, min(int(block), CPU_BLOCK)), gram=gram)
+    elif gram is not None:
         idx, sim = _exact_symmetric(f, k - 1, max(1, int(block)), gram=gram)
-    elif method == "exact" and f.device.type == "cpu":
-        idx, sim = _exact_threshold_cpu(f, k - 1, max(1, min(int(block), CPU_BLOCK)))
     elif method == "exact":
         idx, sim = _exact_symmetric(f, k - 1, max(1, int(block)))
     elif method == "pca":
@@ -268,8 +268,11 @@ def _block_bounds(n: int, block: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-def _exact_threshold_cpu(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+def _exact_threshold_cpu(f: Tensor, kk: int, block: int, gram: Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``kk`` other rows of every row on CPU: blocked symmetric products + running thresholds.
+
+    With ``gram`` (``(N, N)``, symmetric) each block of products gets its block of ``gram`` added
+    before any selection, so everything below applies to ``f @ f.T + gram``.
 
     The rows are cut into ``ceil(N / block)`` blocks of nearly equal size (no small remainder
     block: an odd-shaped product runs well below the matrix-product peak). Diagonal blocks first:
@@ -301,6 +304,8 @@ def _exact_threshold_cpu(f: Tensor, kk: int, block: int) -> tuple[np.ndarray, np
     def product(s0: int, e0: int, s1: int, e1: int) -> np.ndarray:
         sim = prod[: (e0 - s0) * (e1 - s1)].view(e0 - s0, e1 - s1)
         torch.mm(f[s0:e0], f[s1:e1].T, out=sim)
+        if gram is not None:
+            sim.add_(gram[s0:e0, s1:e1])
         return sim.numpy()
 
     for s0, e0 in bounds:

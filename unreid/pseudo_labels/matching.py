@@ -50,9 +50,21 @@ def centroid_cost(centroids_a: torch.Tensor, centroids_b: torch.Tensor) -> np.nd
     features; both :func:`bilateral_cluster_matching` and the one-to-one merge of
     :func:`cross_camera_labels` use this one cost, so their assignments agree.
     """
-    a = F.normalize(torch.as_tensor(centroids_a, dtype=torch.float64), dim=1)
-    b = F.normalize(torch.as_tensor(centroids_b, dtype=torch.float64), dim=1)
-    return torch.cdist(a, b).pow(2).numpy()
+    return _unit_cost(_unit64(centroids_a), _unit64(centroids_b))
+
+
+def _unit64(centroids: torch.Tensor) -> torch.Tensor:
+    """``(K, d) float64`` L2-normalised centroids, the operands of :func:`centroid_cost` (done once per
+    group by the callers that match one group against several)."""
+    return F.normalize(torch.as_tensor(centroids, dtype=torch.float64), dim=1)
+
+
+def _unit_cost(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """:func:`centroid_cost` of centroids already through :func:`_unit64`."""
+    # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b by one float64 matrix product: torch.cdist took 0.6 s for
+    # 300 x 300 centroids of 29,008 dimensions (the LOMO prior) against ~0.05 s for the product
+    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return sq.clamp_min_(0.0).numpy()
 
 
 def bilateral_cluster_matching(centroids_a: torch.Tensor, centroids_b: torch.Tensor,
@@ -73,7 +85,11 @@ def bilateral_cluster_matching(centroids_a: torch.Tensor, centroids_b: torch.Ten
     """
     if len(centroids_a) == 0 or len(centroids_b) == 0:
         raise ValueError(f"cannot match {len(centroids_a)} clusters with {len(centroids_b)} clusters")
-    cost = centroid_cost(centroids_a, centroids_b)
+    return _bilateral(centroid_cost(centroids_a, centroids_b), relax)
+
+
+def _bilateral(cost: np.ndarray, relax: bool) -> np.ndarray:
+    """:func:`bilateral_cluster_matching` of a ``(A, B)`` cost."""
     transposed = cost.shape[0] > cost.shape[1]
     if transposed:
         cost = cost.T
@@ -169,13 +185,15 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
         raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
     parent = np.arange(num_clusters)
     pairs = 0
+    units = [_unit64(g[1]) for g in groups]
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
+            cost = _unit_cost(units[i], units[j])
             if mode == "one_to_one":
                 mask = np.zeros((len(groups[i][0]), len(groups[j][0])), dtype=bool)
-                mask[linear_sum_assignment(centroid_cost(groups[i][1], groups[j][1]))] = True
+                mask[linear_sum_assignment(cost)] = True
             else:
-                mask = bilateral_cluster_matching(groups[i][1], groups[j][1], relax=mode == "relaxed")
+                mask = _bilateral(cost, relax=mode == "relaxed")
             for r, c in zip(*np.nonzero(mask)):
                 ra, rb = _find(parent, int(groups[i][0][r])), _find(parent, int(groups[j][0][c]))
                 parent[ra] = rb
@@ -202,9 +220,12 @@ def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool =
         list order, in row-major order of each pair's match mask.
     """
     out = [np.zeros((0, 2), dtype=np.int64)]
+    units = [_unit64(g[1]) for g in groups]
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
-            r, c = np.nonzero(bilateral_cluster_matching(groups[i][1], groups[j][1], relax=relax))
+            if len(units[i]) == 0 or len(units[j]) == 0:
+                raise ValueError(f"cannot match {len(units[i])} clusters with {len(units[j])} clusters")
+            r, c = np.nonzero(_bilateral(_unit_cost(units[i], units[j]), relax))
             out.append(np.stack([np.asarray(groups[i][0])[r], np.asarray(groups[j][0])[c]], 1).astype(np.int64))
     return np.concatenate(out)
 

@@ -99,6 +99,21 @@ class _Rows:
         out[order] = sorted_out
         return out
 
+    def read_range(self, first: int, count: int, buf: np.ndarray) -> np.ndarray:
+        """Rows at positions ``first .. first + count - 1``: a view of the memory store, or read with
+        ``preadv`` straight into ``buf`` (``(>= count, d) float32``, C-contiguous) and returned as its head."""
+        if self.mem is not None:
+            return self.mem[first:first + count]
+        out = buf[:count]
+        view = memoryview(out).cast("B")
+        done, offset = 0, first * self.row_bytes
+        while done < len(view):
+            got = os.preadv(self.fh.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"short read from the prior's store at byte {offset + done}")
+            done += got
+        return out
+
     def write(self, pos: np.ndarray, rows: np.ndarray) -> None:
         """Write ``rows`` ``(len(pos), d) float32`` at positions ``pos``."""
         if self.mem is not None:
@@ -236,13 +251,37 @@ class DescriptorStore:
     def cluster_sums(self, idx: np.ndarray, labels: np.ndarray, num_clusters: int) -> Tensor:
         """``(num_clusters, D) float32`` sum of the rows ``idx[labels == k]`` for every cluster ``k``
         (``labels`` ``(len(idx),) int64``, ``-1`` left out), streamed over row chunks."""
+        import scipy.sparse as sp
+
         idx = np.asarray(idx, dtype=np.int64)
-        out = torch.zeros(num_clusters, self.shape[1])
-        keep = np.flatnonzero(labels >= 0)
-        for s in range(0, len(keep), CHUNK_ROWS):
-            part = keep[s:s + CHUNK_ROWS]
-            out.index_add_(0, torch.from_numpy(labels[part].astype(np.int64)), self.rows(idx[part]))
-        return out
+        labels = np.asarray(labels, dtype=np.int64)
+        out = np.zeros((num_clusters, self.shape[1]), dtype=np.float32)
+        pos = self.pos[idx]
+        order = np.argsort(pos, kind="stable")
+        pos, labels = pos[order], labels[order]
+        contiguous = len(pos) > 0 and pos[-1] - pos[0] + 1 == len(pos)
+        if contiguous and not self.on_disk:  # a view of the memory store: one sparse product
+            keep = np.flatnonzero(labels >= 0)
+            onehot = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (labels[keep], keep)),
+                                   shape=(num_clusters, len(pos)))
+            return torch.from_numpy(np.asarray(onehot @ self._rows.read_range(int(pos[0]), len(pos), None),
+                                               dtype=np.float32))
+        buf = np.empty((min(CHUNK_ROWS, len(pos)), self.shape[1]), dtype=np.float32) if self.on_disk else None
+        for s in range(0, len(pos), CHUNK_ROWS):
+            lab = labels[s:s + CHUNK_ROWS]
+            keep = np.flatnonzero(lab >= 0)
+            if len(keep) == 0:
+                continue
+            if contiguous:  # one camera's rows: one sequential read, outliers summed with weight 0
+                x = self._rows.read_range(int(pos[s]), len(lab), buf)
+                cols = keep
+            else:
+                x = self._rows.read(pos[s:s + CHUNK_ROWS][keep])
+                cols = np.arange(len(keep))
+            onehot = sp.csr_matrix((np.ones(len(keep), dtype=np.float32), (lab[keep], cols)),
+                                   shape=(num_clusters, len(x)))
+            out += onehot @ x
+        return torch.from_numpy(out)
 
 
 @dataclass
