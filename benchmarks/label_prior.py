@@ -166,6 +166,7 @@ def main() -> None:
     if args.form == "gram":  # the store's Gram blocks are built on first use inside the k-NN's caller
         from unreid.pseudo_labels import prior as prior_mod
         prior_mod.DescriptorStore.gram = timer.wrap("gram", prior_mod.DescriptorStore.gram)
+        prior_mod.DescriptorStore.full_gram = timer.wrap("gram", prior_mod.DescriptorStore.full_gram)
     calls = []
     for epoch in range(args.epochs):
         timer.t.clear()
@@ -189,7 +190,8 @@ def main() -> None:
     if args.form == "gram":
         st = prior_step.store
         store = {"store_gb": st.shape[0] * st.shape[1] * 4 / 1e9, "store_on_disk": st.on_disk,
-                 "gram_gb": st.gram_bytes() / 1e9}
+                 "gram_gb": st.gram_bytes() / 1e9,
+                 "full_gram_gb": 4 * st.shape[0] ** 2 / 1e9 if st.uses_full_gram else 0.0}
     out = {"n": args.n, "cams": args.cams, "form": args.form, "descriptors": args.descriptors, "dim": args.dim,
            "threads": args.threads, "gemm_gflops": gemm, "baseline_rss_gib": base_rss, "calls": calls,
            "per_epoch_s": float(np.mean([c["total_s"] for c in later])), "knn_s": knn_s,

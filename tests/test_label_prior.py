@@ -25,6 +25,7 @@ from unreid.pseudo_labels.pipeline import (
     CameraStandardize,
     HandCraftedPrior,
     LabelPipeline,
+    MatchesAcrossGroups,
     MergeAcrossGroups,
     build_label_pipeline,
 )
@@ -162,19 +163,52 @@ def test_prior_centroids_equal_the_appended_features_centroids():
                                atol=2e-6, rtol=0)
 
 
-@pytest.mark.parametrize("grouped", [False, True])
-def test_pipeline_gram_and_append_give_the_same_labels(grouped):
-    f, desc, cam = problem(n=600, ids=100)
+@pytest.mark.parametrize("grouped,cams,association", [(False, 3, None), (True, 2, "merge"), (True, 3, "merge"),
+                                                      (True, 3, "matches")])
+def test_pipeline_gram_and_append_give_the_same_labels(grouped, cams, association):
+    """Two groups: centroids with a streamed descriptor part; three: costs from the full prior Gram."""
+    f, desc, cam = problem(n=600, ids=100, cams=cams)
     cfg = PseudoLabelConfig(k1=20, k2=6, eps=0.5, min_samples=2)
     out = {}
     for mode in ("append", "gram"):
-        pipe = LabelPipeline(PseudoLabeler(cfg), cam,
-                             [CameraStandardize(cam), HandCraftedPrior(lambda: desc, cam, 1.0, "lomo", mode=mode)],
-                             groups=cam if grouped else None, group_name="camera",
-                             association=MergeAcrossGroups() if grouped else None, cfg=cfg)
+        prior = HandCraftedPrior(lambda: desc, cam, 1.0, "lomo", mode=mode)
+        assoc = {"merge": MergeAcrossGroups(), "matches": MatchesAcrossGroups(), None: None}[association]
+        pipe = LabelPipeline(PseudoLabeler(cfg), cam, [CameraStandardize(cam), prior],
+                             groups=cam if grouped else None, group_name="camera", association=assoc, cfg=cfg)
         out[mode] = pipe(f)
+        if mode == "gram" and grouped:
+            assert prior.store.uses_full_gram == (cams > 2)
     assert out["gram"].num_clusters == out["append"].num_clusters > 10
     np.testing.assert_array_equal(out["gram"].labels, out["append"].labels)
+    if association == "matches":
+        assert len(out["gram"].matches) > 0
+        np.testing.assert_array_equal(out["gram"].matches, out["append"].matches)
+
+
+def test_pair_costs_equal_the_centroid_cost_of_the_appended_centroids(monkeypatch):
+    from unreid.pseudo_labels import prior as prior_mod
+    from unreid.pseudo_labels.matching import centroid_cost
+
+    monkeypatch.setattr(prior_mod, "CHUNK_ROWS", 64)  # several bands of the full Gram and of the streaming
+    f, desc, cam = problem()
+    w = 1.0
+    x = appended(f, desc, cam, w)
+    s = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store="disk")
+    pf = PriorFeatures(f, s, w)
+    assert pf.uses_cross_products(3) and not pf.uses_cross_products(2)
+    rng = np.random.default_rng(4)
+    parts, offset = [], 0
+    for c in range(3):
+        idx = np.flatnonzero(cam == c)
+        labels = rng.integers(-1, 7 + c, len(idx))
+        parts.append((idx, labels, offset, 7 + c))
+        offset += 7 + c
+    cost = pf.pair_costs(parts)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            ref = centroid_cost(cluster_centroids(x[parts[i][0]], parts[i][1], parts[i][3]),
+                                cluster_centroids(x[parts[j][0]], parts[j][1], parts[j][3]))
+            np.testing.assert_allclose(cost(i, j), ref, atol=2e-6)
 
 
 def test_build_label_pipeline_uses_gram_by_default_and_append_where_it_must(tmp_path):

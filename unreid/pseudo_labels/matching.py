@@ -165,7 +165,7 @@ def cluster_centroids(features: torch.Tensor, labels: np.ndarray, num_clusters: 
 
 
 def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, torch.Tensor]],
-                           mode: str = "one_to_one") -> tuple[np.ndarray, int]:
+                           mode: str = "one_to_one", pair_cost=None) -> tuple[np.ndarray, int]:
     """Merge clusters matched across groups (union-find over every pair of groups, in list order).
 
     Args:
@@ -173,6 +173,9 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
         groups: per group, ``(ids, centroids)``: its ``(K_g,) int64`` global cluster ids and their
             ``(K_g, d)`` centroids; every group has at least one cluster.
         mode: one of :data:`MATCH_MODES`, as in :func:`cross_camera_labels`.
+        pair_cost: ``cost(i, j) -> (K_i, K_j)`` between groups ``i < j`` in place of
+            :func:`centroid_cost` of their centroids (which may then be ``None``): the prior's
+            :meth:`unreid.pseudo_labels.prior.PriorFeatures.pair_costs`.
 
     Returns:
         ``(merged, pairs)``: ``merged`` ``(num_clusters,) int64`` the new contiguous id of each
@@ -185,10 +188,10 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
         raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
     parent = np.arange(num_clusters)
     pairs = 0
-    units = [_unit64(g[1]) for g in groups]
+    units = None if pair_cost is not None else [_unit64(g[1]) for g in groups]
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
-            cost = _unit_cost(units[i], units[j])
+            cost = pair_cost(i, j) if pair_cost is not None else _unit_cost(units[i], units[j])
             if mode == "one_to_one":
                 mask = np.zeros((len(groups[i][0]), len(groups[j][0])), dtype=bool)
                 mask[linear_sum_assignment(cost)] = True
@@ -203,7 +206,7 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
     return merged.astype(np.int64), pairs
 
 
-def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool = True) -> np.ndarray:
+def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool = True, pair_cost=None) -> np.ndarray:
     """MBCCM's many-to-many matches between every pair of groups, kept as data (nothing merged).
 
     MBCCM (Cheng et al., ACM MM 2023; FranklinLingfeng/MBCCM-master-MM-23 ``trainer.py``) matches the
@@ -214,18 +217,20 @@ def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool =
     Args:
         groups: per group, ``(ids, centroids)`` as in :func:`merge_matched_clusters`.
         relax: the published relaxed rule (``False``: the bare Hungarian assignments).
+        pair_cost: as in :func:`merge_matched_clusters`.
 
     Returns:
         ``(M, 2) int64`` global cluster-id pairs ``(id in group i, id in group j)`` with ``i < j`` in
         list order, in row-major order of each pair's match mask.
     """
     out = [np.zeros((0, 2), dtype=np.int64)]
-    units = [_unit64(g[1]) for g in groups]
+    units = None if pair_cost is not None else [_unit64(g[1]) for g in groups]
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
-            if len(units[i]) == 0 or len(units[j]) == 0:
-                raise ValueError(f"cannot match {len(units[i])} clusters with {len(units[j])} clusters")
-            r, c = np.nonzero(_bilateral(_unit_cost(units[i], units[j]), relax))
+            if len(groups[i][0]) == 0 or len(groups[j][0]) == 0:
+                raise ValueError(f"cannot match {len(groups[i][0])} clusters with {len(groups[j][0])} clusters")
+            cost = pair_cost(i, j) if pair_cost is not None else _unit_cost(units[i], units[j])
+            r, c = np.nonzero(_bilateral(cost, relax))
             out.append(np.stack([np.asarray(groups[i][0])[r], np.asarray(groups[j][0])[c]], 1).astype(np.int64))
     return np.concatenate(out)
 

@@ -207,12 +207,13 @@ class _Grouped:
         per_group_eps: group id -> the DBSCAN eps it used (groups with a cluster only).
     """
 
-    def __init__(self, labels, num_clusters, clustered, per_group, per_group_eps) -> None:
+    def __init__(self, labels, num_clusters, clustered, per_group, per_group_eps, pair_cost=None) -> None:
         self.labels = labels
         self.num_clusters = num_clusters
         self.clustered = clustered
         self.per_group = per_group
         self.per_group_eps = per_group_eps
+        self.pair_cost = pair_cost  # cost(i, j) between clustered groups i, j; None = from the centroids
 
 
 class MergeAcrossGroups:
@@ -245,7 +246,8 @@ class MergeAcrossGroups:
         from unreid.pseudo_labels.matching import merge_matched_clusters
 
         merged, pairs = merge_matched_clusters(grouped.num_clusters,
-                                               [(ids, cents) for _, ids, cents in grouped.clustered], self.mode)
+                                               [(ids, cents) for _, ids, cents in grouped.clustered], self.mode,
+                                               pair_cost=grouped.pair_cost)
         labels = grouped.labels.copy()
         keep = grouped.labels >= 0
         labels[keep] = merged[grouped.labels[keep]]
@@ -288,7 +290,8 @@ class MatchesAcrossGroups:
         group_of_cluster = np.full(grouped.num_clusters, -1, dtype=np.int64)
         for g, ids, _ in grouped.clustered:
             group_of_cluster[ids] = g
-        matches = cluster_matches([(ids, cents) for _, ids, cents in grouped.clustered], relax=self.relax)
+        matches = cluster_matches([(ids, cents) for _, ids, cents in grouped.clustered], relax=self.relax,
+                                  pair_cost=grouped.pair_cost)
         partners = np.bincount(matches.ravel(), minlength=grouped.num_clusters)
         report = {f"per_{group_name}_clusters": grouped.per_group, f"per_{group_name}_eps": grouped.per_group_eps,
                   "matched_pairs": int(len(matches)), "mean_partners": float(partners.mean())}
@@ -380,6 +383,8 @@ class LabelPipeline:
         feats = None if prior is not None else torch.as_tensor(features, dtype=torch.float32)
         labels = np.full(len(self.groups), -1, dtype=np.int64)
         offset, clustered, per_group, per_group_eps = 0, [], {}, {}
+        cross = prior is not None and prior.uses_cross_products(len(np.unique(self.groups)))
+        parts = []  # (idx, labels, offset, K) of every clustered group, for prior.pair_costs
         for g in np.unique(self.groups):
             idx = np.flatnonzero(self.groups == g)
             if len(idx) < 2:
@@ -391,16 +396,22 @@ class LabelPipeline:
                 continue
             keep = pl.labels >= 0
             labels[idx[keep]] = pl.labels[keep] + offset
-            centroids = (prior.centroids(idx, pl.labels, pl.num_clusters) if prior is not None
-                         else cluster_centroids(feats[idx], pl.labels, pl.num_clusters))
-            clustered.append((int(g), np.arange(offset, offset + pl.num_clusters), centroids.cpu()))
+            if cross:
+                centroids = None
+                parts.append((idx, pl.labels, offset, pl.num_clusters))
+            elif prior is not None:
+                centroids = prior.centroids(idx, pl.labels, pl.num_clusters).cpu()
+            else:
+                centroids = cluster_centroids(feats[idx], pl.labels, pl.num_clusters).cpu()
+            clustered.append((int(g), np.arange(offset, offset + pl.num_clusters), centroids))
             per_group[int(g)] = pl.num_clusters
             per_group_eps[int(g)] = pl.eps
             offset += pl.num_clusters
         if offset == 0:
             raise NoClustersError(f"no {self.group_name} produced a cluster (N={len(self.groups)}, eps={self.cfg.eps}, "
                                   f"min_samples={self.cfg.min_samples}); raise pseudo_labels.eps")
-        return _Grouped(labels, offset, clustered, per_group, per_group_eps)
+        pair_cost = prior.pair_costs(parts) if cross and self.association is not None else None
+        return _Grouped(labels, offset, clustered, per_group, per_group_eps, pair_cost)
 
     def describe(self) -> str:
         """The steps, one line, e.g. ``per-camera standardisation -> group by camera -> k-reciprocal

@@ -20,9 +20,15 @@ The ``gram`` form computes what never changes once:
 * each labelling group's Gram block ``G = C'_g C'_g^T`` (per camera with the camera-grouped
   recipes: ``sum_g N_g^2`` floats, not ``N^2``) is computed once and kept;
 * every epoch the k-NN search runs on the network part only and adds ``G`` block by block
-  (:func:`unreid.pseudo_labels.knn.knn` with ``gram=``), the k-reciprocal encoding takes the missing
-  inner products from ``G`` too, and the cluster centroids that the cross-camera matching compares
-  get their descriptor part by streaming the store once (``K x D`` sums).
+  (:func:`unreid.pseudo_labels.knn.knn` with ``gram=``), and the k-reciprocal encoding takes the
+  missing inner products from ``G`` too;
+* the cross-camera matching compares cluster centroids. With two groups their descriptor part is
+  summed by streaming the store once (``K x D`` sums). With more groups, comparing 29k-dimensional
+  centroids of every pair of groups costs ``sum_{g<h} K_g K_h D`` multiply-adds (about 1 TFLOP per
+  epoch at MSMT17's 32,621 images and 15 cameras), so the full ``N x N`` Gram matrix of the prior is
+  computed once (an anonymous file, ``4 N^2`` bytes, used up to :data:`CROSS_GRAM_MAX_BYTES`) and
+  the clusters' descriptor products ``S G S^T`` are formed by streaming it: about ``N^2``
+  additions per epoch.
 
 Nothing the labeller sees changes: the same inner products, summed in another order, so equal up to
 float32 rounding (``tests/test_label_prior.py`` compares the two forms' neighbours, Jaccard graph and
@@ -55,6 +61,9 @@ PRIOR_STORES = ("auto", "memory", "disk")
 AUTO_MEMORY_BYTES = 1 << 30
 #: rows read from the store at a time (26,960-d LOMO: 110 MB per chunk)
 CHUNK_ROWS = 1024
+#: with more than two labelling groups, the cross-camera centroid products come from the full ``N x N``
+#: Gram matrix of the prior (an anonymous file) when it takes at most this many bytes (:meth:`DescriptorStore.cross_products`)
+CROSS_GRAM_MAX_BYTES = 8 << 30
 
 
 class _Rows:
@@ -202,6 +211,8 @@ class DescriptorStore:
             self._rows.write(pos, (F.normalize(y, dim=1) * scale).numpy())
         self.scale = float(scale)
         self._grams: dict[bytes, Tensor] = {}
+        self._dir = directory
+        self._full: _Rows | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -243,6 +254,71 @@ class DescriptorStore:
                         g[s1:s1 + len(xb), s0:s0 + len(xa)] = block.T
             self._grams[key] = g
         return self._grams[key]
+
+    def full_gram(self) -> _Rows:
+        """The ``(N, N) float32`` Gram matrix of all rows in the store's (camera-sorted) order, computed
+        once, in row bands of ``2 * CHUNK_ROWS`` against every chunk, into an anonymous file next to the
+        store (in memory when the store is). ``N^2 D`` multiply-adds once; ``4 N^2`` bytes."""
+        if getattr(self, "_full", None) is None:
+            n = self.shape[0]
+            full = _Rows(n, n, self.on_disk, self._dir)
+            band = 2 * CHUNK_ROWS
+            out = np.empty((min(band, n), n), dtype=np.float32)
+            xa_buf = np.empty((min(band, n), self.shape[1]), dtype=np.float32) if self.on_disk else None
+            xb_buf = np.empty((min(CHUNK_ROWS, n), self.shape[1]), dtype=np.float32) if self.on_disk else None
+            for s0 in range(0, n, band):
+                b = min(band, n - s0)
+                xa = torch.from_numpy(self._rows.read_range(s0, b, xa_buf))
+                for s1 in range(0, n, CHUNK_ROWS):
+                    c = min(CHUNK_ROWS, n - s1)
+                    xb = torch.from_numpy(self._rows.read_range(s1, c, xb_buf))
+                    out[:b, s1:s1 + c] = (xa @ xb.T).numpy()
+                full.write(np.arange(s0, s0 + b), out[:b])
+            self._full = full
+        return self._full
+
+    def cross_products(self, clusters: list[tuple[np.ndarray, np.ndarray, int]]) -> np.ndarray:
+        """``(K, K) float64`` inner products of the clusters' descriptor sums, ``K`` all groups' clusters.
+
+        Args:
+            clusters: per group, ``(idx, labels, offset)``: its rows, their group-local cluster ids
+                (``-1`` outliers) and the offset of its ids in the global numbering.
+
+        ``P = S G S^T`` with ``S`` the ``(K, N)`` cluster indicator and ``G`` the :meth:`full_gram`,
+        streamed in row bands (each band's columns summed per cluster by ``index_add_``, then its rows):
+        about ``N^2`` additions per call instead of the ``K_a K_b D`` multiply-adds of every pair of
+        groups' centroids.
+        """
+        n = self.shape[0]
+        col = np.full(n, -1, dtype=np.int64)  # global cluster of every file position
+        for idx, labels, offset in clusters:
+            keep = labels >= 0
+            col[self.pos[np.asarray(idx, dtype=np.int64)[keep]]] = labels[keep] + offset
+        k = int(col.max()) + 1 if (col >= 0).any() else 0
+        target = torch.from_numpy(np.where(col >= 0, col, k))  # outliers go to a spare column k
+        full = self.full_gram()
+        out = np.zeros((k, k))
+        band = CHUNK_ROWS
+        buf = np.empty((min(band, n), n), dtype=np.float32) if full.mem is None else None
+        sums = torch.empty(min(band, n), k + 1)
+        for s0 in range(0, n, band):
+            b = min(band, n - s0)
+            rows = col[s0:s0 + b]
+            here = np.flatnonzero(rows >= 0)
+            if len(here) == 0:
+                continue
+            x = torch.from_numpy(full.read_range(s0, b, buf))  # (b, N) rows of G
+            z = sums[:b].zero_().index_add_(1, target, x)[:, :k]  # (b, K): each cluster's columns summed
+            present, local = np.unique(rows[here], return_inverse=True)  # clusters with rows in this band
+            acc = torch.zeros(len(present), k, dtype=torch.float64).index_add_(
+                0, torch.from_numpy(local), z[torch.from_numpy(here)].double())
+            out[present] += acc.numpy()
+        return out
+
+    @property
+    def uses_full_gram(self) -> bool:
+        """Whether :meth:`full_gram` has been computed."""
+        return self._full is not None
 
     def gram_bytes(self) -> int:
         """Bytes held by the cached Gram blocks."""
@@ -349,6 +425,43 @@ class PriorFeatures:
         net = torch.zeros(num_clusters, f.shape[1]).index_add_(0, torch.as_tensor(labels[keep]),
                                                               f[torch.as_tensor(np.flatnonzero(keep))])
         return F.normalize(torch.cat([net, self.store.cluster_sums(idx, labels, num_clusters)], dim=1), dim=1)
+
+
+    def uses_cross_products(self, groups: int) -> bool:
+        """Whether the cross-group centroid costs come from :meth:`pair_costs` (more than two groups
+        and a full Gram of at most :data:`CROSS_GRAM_MAX_BYTES`) rather than from :meth:`centroids`."""
+        n = self.store.shape[0]
+        return groups > 2 and 4 * n * n <= CROSS_GRAM_MAX_BYTES
+
+    def pair_costs(self, clusters: list[tuple[np.ndarray, np.ndarray, int, int]]) -> Callable[[int, int], np.ndarray]:
+        """The centroid cost between any two groups' clusters without forming the centroids.
+
+        Args:
+            clusters: per clustered group, in the association's order, ``(idx, labels, offset,
+                num_clusters)``.
+
+        Returns:
+            ``cost(i, j)`` -> ``(K_i, K_j) float64``: ``2 - 2 cos`` of the clusters' mean appended
+            features ``[f', c']``, which is :func:`~unreid.pseudo_labels.matching.centroid_cost` of
+            the centroids :meth:`centroids` gives (up to rounding): the network part from float64
+            cluster sums, the descriptor part and the norms from :meth:`DescriptorStore.cross_products`.
+        """
+        products = self.store.cross_products([(idx, labels, offset) for idx, labels, offset, _ in clusters])
+        nets, ids = [], []
+        for idx, labels, offset, k in clusters:
+            keep = labels >= 0
+            f = self.features[torch.as_tensor(np.asarray(idx, dtype=np.int64)[keep])].double()
+            nets.append(torch.zeros(k, f.shape[1], dtype=torch.float64).index_add_(0, torch.as_tensor(labels[keep]), f))
+            ids.append(np.arange(offset, offset + k))
+        norms = [torch.sqrt((net * net).sum(1) + torch.from_numpy(np.diag(products)[g]))
+                 for net, g in zip(nets, ids)]
+
+        def cost(i: int, j: int) -> np.ndarray:
+            dots = nets[i] @ nets[j].T + torch.from_numpy(products[np.ix_(ids[i], ids[j])])
+            cos = dots / (norms[i][:, None] * norms[j][None, :])
+            return (2.0 - 2.0 * cos).clamp_min_(0.0).numpy()
+
+        return cost
 
 
 def build_store(descriptors: Callable[[], Tensor | Iterable[Tensor]], camids: np.ndarray, weight: float,
