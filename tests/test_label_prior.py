@@ -165,8 +165,12 @@ def test_prior_centroids_equal_the_appended_features_centroids():
 
 @pytest.mark.parametrize("grouped,cams,association", [(False, 3, None), (True, 2, "merge"), (True, 3, "merge"),
                                                       (True, 3, "matches")])
-def test_pipeline_gram_and_append_give_the_same_labels(grouped, cams, association):
-    """Two groups: centroids with a streamed descriptor part; three: costs from the full prior Gram."""
+def test_pipeline_gram_and_append_give_the_same_labels(grouped, cams, association, monkeypatch):
+    """Two groups: centroids with a streamed descriptor part; three: costs from the full prior Gram
+    (its minimum descriptor size lowered to these 300-d test descriptors)."""
+    from unreid.pseudo_labels import prior as prior_mod
+
+    monkeypatch.setattr(prior_mod, "CROSS_GRAM_MIN_DIM", 0)
     f, desc, cam = problem(n=600, ids=100, cams=cams)
     cfg = PseudoLabelConfig(k1=20, k2=6, eps=0.5, min_samples=2)
     out = {}
@@ -195,6 +199,8 @@ def test_pair_costs_equal_the_centroid_cost_of_the_appended_centroids(monkeypatc
     x = appended(f, desc, cam, w)
     s = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store="disk")
     pf = PriorFeatures(f, s, w)
+    assert not pf.uses_cross_products(3)  # 300-d descriptors: the centroids are cheaper
+    monkeypatch.setattr(prior_mod, "CROSS_GRAM_MIN_DIM", 300)
     assert pf.uses_cross_products(3) and not pf.uses_cross_products(2)
     rng = np.random.default_rng(4)
     parts, offset = [], 0

@@ -26,7 +26,8 @@ The ``gram`` form computes what never changes once:
   summed by streaming the store once (``K x D`` sums). With more groups, comparing 29k-dimensional
   centroids of every pair of groups costs ``sum_{g<h} K_g K_h D`` multiply-adds (about 1 TFLOP per
   epoch at MSMT17's 32,621 images and 15 cameras), so the full ``N x N`` Gram matrix of the prior is
-  computed once (an anonymous file, ``4 N^2`` bytes, used up to :data:`CROSS_GRAM_MAX_BYTES`) and
+  computed once (an anonymous file above 1 GiB, ``4 N^2`` bytes, used up to
+  :data:`CROSS_GRAM_MAX_BYTES` and from :data:`CROSS_GRAM_MIN_DIM` descriptor dimensions) and
   the clusters' descriptor products ``S G S^T`` are formed by streaming it: about ``N^2``
   additions per epoch.
 
@@ -64,6 +65,11 @@ CHUNK_ROWS = 1024
 #: with more than two labelling groups, the cross-camera centroid products come from the full ``N x N``
 #: Gram matrix of the prior (an anonymous file) when it takes at most this many bytes (:meth:`DescriptorStore.cross_products`)
 CROSS_GRAM_MAX_BYTES = 8 << 30
+#: ... and when the descriptors have at least this many dimensions. Our choice, from the two costs per epoch:
+#: pairs of centroids ~ K^2 D / 2 multiply-adds in float64 products, the streamed Gram ~ N^2 additions plus
+#: 4 N^2 bytes read; with K ~ N / 5 clusters the Gram wins from a few thousand dimensions (LOMO: 26,960),
+#: not for the colour stripes (1,024), whose full Gram would also outweigh the descriptors themselves
+CROSS_GRAM_MIN_DIM = 8192
 
 
 class _Rows:
@@ -261,7 +267,7 @@ class DescriptorStore:
         store (in memory when the store is). ``N^2 D`` multiply-adds once; ``4 N^2`` bytes."""
         if getattr(self, "_full", None) is None:
             n = self.shape[0]
-            full = _Rows(n, n, self.on_disk, self._dir)
+            full = _Rows(n, n, self.on_disk or 4 * n * n > AUTO_MEMORY_BYTES, self._dir)
             band = 2 * CHUNK_ROWS
             out = np.empty((min(band, n), n), dtype=np.float32)
             xa_buf = np.empty((min(band, n), self.shape[1]), dtype=np.float32) if self.on_disk else None
@@ -428,10 +434,11 @@ class PriorFeatures:
 
 
     def uses_cross_products(self, groups: int) -> bool:
-        """Whether the cross-group centroid costs come from :meth:`pair_costs` (more than two groups
-        and a full Gram of at most :data:`CROSS_GRAM_MAX_BYTES`) rather than from :meth:`centroids`."""
-        n = self.store.shape[0]
-        return groups > 2 and 4 * n * n <= CROSS_GRAM_MAX_BYTES
+        """Whether the cross-group centroid costs come from :meth:`pair_costs` (more than two groups,
+        a full Gram of at most :data:`CROSS_GRAM_MAX_BYTES`, descriptors of at least
+        :data:`CROSS_GRAM_MIN_DIM` dimensions) rather than from :meth:`centroids`."""
+        n, d = self.store.shape
+        return groups > 2 and 4 * n * n <= CROSS_GRAM_MAX_BYTES and d >= CROSS_GRAM_MIN_DIM
 
     def pair_costs(self, clusters: list[tuple[np.ndarray, np.ndarray, int, int]]) -> Callable[[int, int], np.ndarray]:
         """The centroid cost between any two groups' clusters without forming the centroids.
