@@ -108,12 +108,17 @@ def appended(f, desc, cam, w):
     return F.normalize(torch.cat([f, w * standardise_loop(desc, cam)], 1), dim=1)
 
 
+def both_forms(w: float, store: str = "memory", **problem_args):
+    """One problem in both forms: ``(f, cam, x, pf)`` with ``x`` the append form by hand and ``pf`` the
+    :class:`PriorFeatures` over a store scaled by ``w / sqrt(1 + w^2)``."""
+    f, desc, cam = problem(**problem_args)
+    store = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store=store)
+    return f, cam, appended(f, desc, cam, w), PriorFeatures(f, store, w)
+
+
 def test_knn_with_gram_equals_the_search_on_the_appended_features():
-    f, desc, cam = problem()
-    w = 1.0
-    x = appended(f, desc, cam, w)
-    s = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store="memory")
-    gf = PriorFeatures(f, s, w).select()
+    f, cam, x, pf = both_forms(1.0)
+    gf = pf.select()
     idx, sim = knn(gf.features, 12, gram=gf.gram, block=100)
     full = x @ x.T
     full.fill_diagonal_(-np.inf)
@@ -138,11 +143,8 @@ def test_knn_with_gram_rejects_other_searches_and_shapes():
 
 
 def test_encoding_takes_the_missing_inner_products_from_the_gram_part():
-    f, desc, cam = problem()
-    w = 0.8
-    x = appended(f, desc, cam, w)
-    s = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store="memory")
-    gf = PriorFeatures(f, s, w).select()
+    f, cam, x, pf = both_forms(0.8)
+    gf = pf.select()
     full = x @ x.T
     order = torch.argsort(-full, dim=1, stable=True)[:, :20].numpy()
     order[:, 0] = np.arange(len(x))  # self first, as the k-NN tables have it
@@ -153,13 +155,10 @@ def test_encoding_takes_the_missing_inner_products_from_the_gram_part():
 
 
 def test_prior_centroids_equal_the_appended_features_centroids():
-    f, desc, cam = problem()
-    w = 1.0
-    x = appended(f, desc, cam, w)
-    s = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store="memory")
+    f, cam, x, pf = both_forms(1.0)
     idx = np.flatnonzero(cam == 2)
     labels = np.random.default_rng(1).integers(-1, 9, len(idx))
-    torch.testing.assert_close(PriorFeatures(f, s, w).centroids(idx, labels, 9), cluster_centroids(x[idx], labels, 9),
+    torch.testing.assert_close(pf.centroids(idx, labels, 9), cluster_centroids(x[idx], labels, 9),
                                atol=2e-6, rtol=0)
 
 
@@ -194,11 +193,7 @@ def test_pair_costs_equal_the_centroid_cost_of_the_appended_centroids(monkeypatc
     from unreid.pseudo_labels.matching import centroid_cost
 
     monkeypatch.setattr(prior_mod, "CHUNK_ROWS", 64)  # several bands of the full Gram and of the streaming
-    f, desc, cam = problem()
-    w = 1.0
-    x = appended(f, desc, cam, w)
-    s = DescriptorStore(desc, cam, scale=w / math.sqrt(1 + w * w), store="disk")
-    pf = PriorFeatures(f, s, w)
+    f, cam, x, pf = both_forms(1.0, store="disk")
     assert not pf.uses_cross_products(3)  # 300-d descriptors: the centroids are cheaper
     monkeypatch.setattr(prior_mod, "CROSS_GRAM_MIN_DIM", 300)
     assert pf.uses_cross_products(3) and not pf.uses_cross_products(2)

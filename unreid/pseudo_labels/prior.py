@@ -77,7 +77,7 @@ class _Rows:
     ``pwrite`` (not ``mmap``: the pages read stay in the kernel's page cache, not in the process's
     resident set). Row positions are the file's order; runs of consecutive positions are read at once."""
 
-    def __init__(self, n: int, d: int, on_disk: bool, directory: str | Path | None) -> None:
+    def __init__(self, n: int, d: int, on_disk: bool, directory: str | Path | None, what: str = "descriptors") -> None:
         self.n, self.d = n, d
         self.row_bytes = d * 4
         self.fh = None
@@ -87,8 +87,8 @@ class _Rows:
             directory.mkdir(parents=True, exist_ok=True)
             self.fh = tempfile.TemporaryFile(dir=directory, prefix="unreid-prior-")
             self.fh.truncate(n * self.row_bytes)
-            log.info("pseudo-labels: the prior's %d x %d descriptors (%.2f GB) live in an anonymous file in %s",
-                     n, d, n * self.row_bytes / 1e9, directory)
+            log.info("pseudo-labels: the prior's %d x %d %s (%.2f GB) live in an anonymous file in %s",
+                     n, d, what, n * self.row_bytes / 1e9, directory)
         else:
             self.mem = np.empty((n, d), dtype=np.float32)
 
@@ -222,10 +222,12 @@ class DescriptorStore:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(N, D)``: training images, descriptor dimensions."""
         return (self._rows.n, self._rows.d)
 
     @property
     def on_disk(self) -> bool:
+        """Whether the descriptors live in the anonymous file rather than in memory."""
         return self._rows.fh is not None
 
     def rows(self, idx: np.ndarray) -> Tensor:
@@ -233,9 +235,10 @@ class DescriptorStore:
         return torch.from_numpy(np.ascontiguousarray(self._rows.read(self.pos[np.asarray(idx, dtype=np.int64)])))
 
     def close(self) -> None:
-        """Release the disk file (the operating system removes it)."""
-        if self._rows is not None and self._rows.fh is not None:
-            self._rows.fh.close()
+        """Release the disk files, the descriptors' and the full Gram's (the operating system removes them)."""
+        for rows in (self._rows, self._full):
+            if rows is not None and rows.fh is not None:
+                rows.fh.close()
 
     def gram(self, idx: np.ndarray | None = None) -> Tensor:
         """``(n, n) float32`` inner products of rows ``idx`` (``None`` = all rows), computed once per
@@ -263,11 +266,12 @@ class DescriptorStore:
 
     def full_gram(self) -> _Rows:
         """The ``(N, N) float32`` Gram matrix of all rows in the store's (camera-sorted) order, computed
-        once, in row bands of ``2 * CHUNK_ROWS`` against every chunk, into an anonymous file next to the
-        store (in memory when the store is). ``N^2 D`` multiply-adds once; ``4 N^2`` bytes."""
-        if getattr(self, "_full", None) is None:
+        once, in row bands of ``2 * CHUNK_ROWS`` against every chunk: in memory when the store is and it
+        takes at most :data:`AUTO_MEMORY_BYTES`, else in an anonymous file next to the store.
+        ``N^2 D`` multiply-adds once; ``4 N^2`` bytes."""
+        if self._full is None:
             n = self.shape[0]
-            full = _Rows(n, n, self.on_disk or 4 * n * n > AUTO_MEMORY_BYTES, self._dir)
+            full = _Rows(n, n, self.on_disk or 4 * n * n > AUTO_MEMORY_BYTES, self._dir, what="Gram matrix")
             band = 2 * CHUNK_ROWS
             out = np.empty((min(band, n), n), dtype=np.float32)
             xa_buf = np.empty((min(band, n), self.shape[1]), dtype=np.float32) if self.on_disk else None
@@ -394,6 +398,7 @@ class GramFeatures:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n, d)`` of the changing part."""
         return tuple(self.features.shape)
 
 
@@ -425,13 +430,14 @@ class PriorFeatures:
         """``(num_clusters, d + D) float32`` L2-normalised cluster means of the appended features
         ``[f', c']`` of rows ``idx`` (what :func:`~unreid.pseudo_labels.matching.cluster_centroids`
         gives in the ``append`` form), the descriptor part streamed from the store."""
-        idx = np.asarray(idx, dtype=np.int64)
-        keep = labels >= 0
-        f = self.features[torch.as_tensor(idx)]
-        net = torch.zeros(num_clusters, f.shape[1]).index_add_(0, torch.as_tensor(labels[keep]),
-                                                              f[torch.as_tensor(np.flatnonzero(keep))])
+        net = self._net_sums(idx, labels, num_clusters, torch.float32)
         return F.normalize(torch.cat([net, self.store.cluster_sums(idx, labels, num_clusters)], dim=1), dim=1)
 
+    def _net_sums(self, idx: np.ndarray, labels: np.ndarray, num_clusters: int, dtype: torch.dtype) -> Tensor:
+        """``(num_clusters, d)`` sums of the network part of rows ``idx[labels == k]`` (``-1`` left out)."""
+        keep = np.flatnonzero(labels >= 0)
+        f = self.features[torch.as_tensor(np.asarray(idx, dtype=np.int64)[keep])].to(dtype)
+        return torch.zeros(num_clusters, f.shape[1], dtype=dtype).index_add_(0, torch.as_tensor(labels[keep]), f)
 
     def uses_cross_products(self, groups: int) -> bool:
         """Whether the cross-group centroid costs come from :meth:`pair_costs` (more than two groups,
@@ -454,12 +460,8 @@ class PriorFeatures:
             cluster sums, the descriptor part and the norms from :meth:`DescriptorStore.cross_products`.
         """
         products = self.store.cross_products([(idx, labels, offset) for idx, labels, offset, _ in clusters])
-        nets, ids = [], []
-        for idx, labels, offset, k in clusters:
-            keep = labels >= 0
-            f = self.features[torch.as_tensor(np.asarray(idx, dtype=np.int64)[keep])].double()
-            nets.append(torch.zeros(k, f.shape[1], dtype=torch.float64).index_add_(0, torch.as_tensor(labels[keep]), f))
-            ids.append(np.arange(offset, offset + k))
+        nets = [self._net_sums(idx, labels, k, torch.float64) for idx, labels, _, k in clusters]
+        ids = [np.arange(offset, offset + k) for _, _, offset, k in clusters]
         norms = [torch.sqrt((net * net).sum(1) + torch.from_numpy(np.diag(products)[g]))
                  for net, g in zip(nets, ids)]
 
