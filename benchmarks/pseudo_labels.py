@@ -30,6 +30,16 @@ against it two ways:
   merging, Python) runs to a bare ``torch.mm`` doing the same products;
 * ``full-product equivalent``: ``2 N^2 d`` (a plain, non-symmetric search) over the same time and
   throughput; above 1 when the symmetry saves more than the selection costs.
+
+Repeated calls (``--knn-repeats R``, default 3): the peak is a best-of figure, and on a shared virtual
+machine the same product's throughput drifts by 10-20 % from one second to the next, so a single
+2-second stage call against a best-of peak mixes the search's overhead with that drift. The stage
+is therefore called R more times (the neighbours must come out identical), each call right after
+a "bare pass": the search's own block products by plain ``torch.mm`` and nothing else. The bare
+passes' throughputs count towards the GEMM peak (so the peak can only rise), and the script prints
+each call's fraction of the peak, the best call's, and each call's time against its own bare pass
+(the overhead of everything the search does besides its products, with the drift largely paired
+out). The stage table keeps the first call.
 """
 
 from __future__ import annotations
@@ -159,6 +169,21 @@ def knn_block_sizes(n: int, block: int) -> list[int]:
     return [min(block, n - s) for s in range(0, n, block)]  # before 2026-12-06: fixed blocks + remainder
 
 
+def bare_products(f: torch.Tensor, sizes: list[int]) -> float:
+    """Wall time (s) of the exact search's own matrix products alone: ``torch.mm`` over the same block
+    pairs ``(I, J)``, ``J >= I``, of the same features, into one reused buffer, nothing else."""
+    bounds, s = [], 0
+    for b in sizes:
+        bounds.append((s, s + b))
+        s += b
+    buf = torch.from_numpy(np.empty(max(sizes) ** 2, dtype=np.float32))
+    t0 = time.perf_counter()
+    for a, (s0, e0) in enumerate(bounds):
+        for s1, e1 in bounds[a:]:
+            torch.mm(f[s0:e0], f[s1:e1].T, out=buf[: (e0 - s0) * (e1 - s1)].view(e0 - s0, e1 - s1))
+    return time.perf_counter() - t0
+
+
 def _dense_oracle():
     """The dense reference implementation written in tests/test_jaccard.py."""
     path = Path(__file__).resolve().parents[1] / "tests" / "test_jaccard.py"
@@ -185,6 +210,10 @@ def main() -> None:
     p.add_argument("--hnsw-ef-search", type=int, default=128)
     p.add_argument("--pca-dim", type=int, default=256)
     p.add_argument("--pca-oversample", type=float, default=1.5)
+    p.add_argument("--knn-repeats", type=int, default=3,
+                   help="with --knn exact on CPU: call the k-NN stage this many more times, each call right after "
+                        "the same products done by bare torch.mm; the fraction of the GEMM peak is then also given "
+                        "for the best call (the peak itself is a best-of figure) and per call against its bare pass")
     p.add_argument("--threads", type=int, default=2, help="torch / faiss threads (the machine has 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare-dense", action="store_true",
@@ -253,16 +282,25 @@ def main() -> None:
     f = stage("check features", check_features, f)
     neighbours = stage(f"k-NN ({args.knn})", labeler.neighbours, f)
     if measure_gemm:
-        gemm_after = gemm_gflops(args.dim)
-        gemm_peak = max(*gemm_before.values(), *gemm_after.values())
         blocks = knn_block_sizes(args.n, args.knn_block)
         performed = float(args.dim) * (float(args.n) ** 2 + sum(float(b) ** 2 for b in blocks))
+        repeats = []  # (bare products s, k-NN stage s) per further call, alternated
+        for _ in range(max(0, args.knn_repeats)):
+            t_bare = bare_products(f, blocks)
+            t0 = time.perf_counter()
+            again = labeler.neighbours(f)
+            repeats.append((t_bare, time.perf_counter() - t0))
+            if not (np.array_equal(again[0], neighbours[0]) and np.array_equal(again[1], neighbours[1])):
+                raise RuntimeError("k-NN: a repeated call gave different neighbours")
+        gemm_after = gemm_gflops(args.dim)
+        gemm_peak = max(*gemm_before.values(), *gemm_after.values(),
+                        *(performed / tb / 1e9 for tb, _ in repeats))
         full = 2.0 * float(args.n) ** 2 * args.dim
         t_knn = stages[f"k-NN ({args.knn})"]["time_s_exact"]
         frac_performed = performed / t_knn / 1e9 / gemm_peak
         frac_full = full / t_knn / 1e9 / gemm_peak
         print("GEMM again after the k-NN: " + ", ".join(f"b={b}: {g:.1f}" for b, g in gemm_after.items())
-              + f" GFLOP/s; peak (largest) {gemm_peak:.1f} GFLOP/s")
+              + f" GFLOP/s; peak (largest, the bare passes below included) {gemm_peak:.1f} GFLOP/s")
         print(f"  k-NN blocks: {len(blocks)} of {max(blocks)} rows or fewer; performed "
               f"{performed / 1e12:.3f} TFLOP = {performed / t_knn / 1e9:.1f} GFLOP/s = {frac_performed:.1%} of "
               f"GEMM peak; full-product equivalent 2 N^2 d = {full / 1e12:.3f} TFLOP -> {frac_full:.1%}")
@@ -272,6 +310,18 @@ def main() -> None:
                        "knn_block_rows": max(blocks), "knn_tflop_performed": round(performed / 1e12, 4),
                        "knn_tflop_full": round(full / 1e12, 4), "fraction_performed": round(frac_performed, 4),
                        "fraction_full_product": round(frac_full, 4)}
+        if repeats:
+            best = min(t for _, t in repeats + [(None, t_knn)])
+            for i, (tb, tk) in enumerate(repeats, 1):
+                print(f"  repeat {i}: bare products {tb:.3f} s ({performed / tb / 1e9:.1f} GFLOP/s), k-NN stage "
+                      f"{tk:.3f} s = {performed / tk / 1e9 / gemm_peak:.1%} of the peak, {tb / tk:.1%} of its bare pass")
+            print(f"  k-NN stage, best of {len(repeats) + 1} calls: {best:.3f} s = "
+                  f"{performed / best / 1e9 / gemm_peak:.1%} of the GEMM peak")
+            out["gemm"].update(
+                repeats=[{"bare_products_s": round(tb, 3), "knn_s": round(tk, 3),
+                          "fraction_performed": round(performed / tk / 1e9 / gemm_peak, 4),
+                          "fraction_of_bare": round(tb / tk, 4)} for tb, tk in repeats],
+                knn_best_s=round(best, 3), fraction_performed_best=round(performed / best / 1e9 / gemm_peak, 4))
     if args.cluster == "dbscan":
         graph, eps = stage("Jaccard (sparse)", labeler.jaccard_graph, f, neighbours)
         labels = stage("DBSCAN", labeler.dbscan, args.n, graph, eps)
