@@ -93,6 +93,40 @@ def test_store_gram_blocks_and_cluster_sums(monkeypatch):
     torch.testing.assert_close(s.cluster_sums(scattered, labels, 4), sums, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("store", ["memory", "disk"])
+def test_full_gram_is_the_product_of_all_rows(store, tmp_path, monkeypatch):
+    """Bands of 100 rows (the last one of 20), the part left of each band copied from the rows above."""
+    from unreid.pseudo_labels import prior
+
+    monkeypatch.setattr(prior, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(prior, "AUTO_MEMORY_BYTES", 1 << 30 if store == "memory" else 0)
+    _, desc, cam = problem()
+    s = DescriptorStore(desc, cam, scale=0.5, store=store, directory=tmp_path)
+    ref = standardise_loop(desc, cam) * 0.5
+    ref = ref[torch.from_numpy(np.argsort(s.pos))]  # the store's (camera-sorted) row order
+    full = s.full_gram()
+    assert (full.mem is None) == (store == "disk")
+    n = len(cam)
+    got = torch.from_numpy(full.read_range(0, n, np.empty((n, n), dtype=np.float32)).copy())
+    torch.testing.assert_close(got, ref @ ref.T, atol=2e-6, rtol=0)
+    # outside the bands' own 100 x 100 squares G is exactly symmetric (one side is the other's copy)
+    band = np.arange(n) // 100
+    off = torch.from_numpy(band[:, None] != band[None, :])
+    assert torch.equal(got[off], got.T[off])
+    # a camera's Gram block is then read from it (its rows are consecutive in the store), not recomputed
+
+    def no_descriptor_reads(*a, **k):
+        raise AssertionError("descriptors read: the Gram block was recomputed")
+
+    monkeypatch.setattr(s._rows, "read", no_descriptor_reads)
+    monkeypatch.setattr(s._rows, "read_range", no_descriptor_reads)
+    for c in range(3):
+        idx = np.flatnonzero(cam == c)
+        p0 = int(s.pos[idx[0]])
+        assert torch.equal(s.gram(idx), got[p0:p0 + len(idx), p0:p0 + len(idx)])
+    s.close()
+
+
 def test_store_rejects_wrong_chunks():
     _, desc, cam = problem()
     with pytest.raises(ValueError, match="does not fit"):

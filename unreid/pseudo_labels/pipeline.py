@@ -384,6 +384,8 @@ class LabelPipeline:
         labels = np.full(len(self.groups), -1, dtype=np.int64)
         offset, clustered, per_group, per_group_eps = 0, [], {}, {}
         cross = prior is not None and prior.uses_cross_products(len(np.unique(self.groups)))
+        if cross and self.association is not None:
+            prior.store.full_gram()  # first: each group's Gram block is then read from it, not recomputed
         parts = []  # (idx, labels, offset, K) of every clustered group, for prior.pair_costs
         for g in np.unique(self.groups):
             idx = np.flatnonzero(self.groups == g)

@@ -129,6 +129,24 @@ class _Rows:
             done += got
         return out
 
+    def read_block(self, first: int, count: int, col: int, width: int, buf: np.ndarray) -> np.ndarray:
+        """Columns ``col .. col + width - 1`` of rows ``first .. first + count - 1``, ``(count, width)``:
+        a view of the memory store, or one ``pread`` per row into ``buf`` (``(>= count * width,)``
+        float32) reshaped."""
+        if self.mem is not None:
+            return self.mem[first:first + count, col:col + width]
+        out = buf[:count * width].reshape(count, width)
+        fd, nbytes = self.fh.fileno(), width * 4
+        for r in range(count):
+            view = memoryview(out[r]).cast("B")
+            done, offset = 0, (first + r) * self.row_bytes + col * 4
+            while done < nbytes:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise OSError(f"short read from the prior's store at byte {offset + done}")
+                done += got
+        return out
+
     def write(self, pos: np.ndarray, rows: np.ndarray) -> None:
         """Write ``rows`` ``(len(pos), d) float32`` at positions ``pos``."""
         if self.mem is not None:
@@ -245,10 +263,17 @@ class DescriptorStore:
         distinct ``idx`` and kept (the labelling groups never change during a run).
 
         Blocked over row chunks of :data:`CHUNK_ROWS` (upper block triangle, mirrored), so only two
-        chunks of descriptors are in memory at a time.
+        chunks of descriptors are in memory at a time; or, when the :meth:`full_gram` has been computed
+        and the rows are consecutive in the store (a camera's rows), read from it.
         """
         idx = np.arange(self.shape[0]) if idx is None else np.asarray(idx, dtype=np.int64)
         key = idx.tobytes()
+        pos = self.pos[idx]
+        if key not in self._grams and self._full is not None and len(pos) and np.array_equal(
+                pos, np.arange(pos[0], pos[0] + len(pos))):
+            n, p0 = len(pos), int(pos[0])
+            block = self._full.read_block(p0, n, p0, n, np.empty(n * n, dtype=np.float32))
+            self._grams[key] = torch.from_numpy(block.copy() if self._full.mem is not None else block)
         if key not in self._grams:
             n = len(idx)
             g = torch.empty(n, n, dtype=torch.float32)
@@ -266,9 +291,11 @@ class DescriptorStore:
 
     def full_gram(self) -> _Rows:
         """The ``(N, N) float32`` Gram matrix of all rows in the store's (camera-sorted) order, computed
-        once, in row bands of ``2 * CHUNK_ROWS`` against every chunk: in memory when the store is and it
-        takes at most :data:`AUTO_MEMORY_BYTES`, else in an anonymous file next to the store.
-        ``N^2 D`` multiply-adds once; ``4 N^2`` bytes."""
+        once, in row bands of ``2 * CHUNK_ROWS``: each band's products with the chunks from its own first
+        row on (``N^2 D / 2`` multiply-adds in all, plus the bands' own squares), and the columns left of
+        it copied, transposed, from the rows already written (so ``G`` is exactly symmetric outside the
+        bands' own squares). In memory when the store is and it takes at most
+        :data:`AUTO_MEMORY_BYTES`, else in an anonymous file next to the store; ``4 N^2`` bytes."""
         if self._full is None:
             n = self.shape[0]
             full = _Rows(n, n, self.on_disk or 4 * n * n > AUTO_MEMORY_BYTES, self._dir, what="Gram matrix")
@@ -276,10 +303,14 @@ class DescriptorStore:
             out = np.empty((min(band, n), n), dtype=np.float32)
             xa_buf = np.empty((min(band, n), self.shape[1]), dtype=np.float32) if self.on_disk else None
             xb_buf = np.empty((min(CHUNK_ROWS, n), self.shape[1]), dtype=np.float32) if self.on_disk else None
+            t_buf = np.empty(min(CHUNK_ROWS, n) * min(band, n), dtype=np.float32) if full.mem is None else None
             for s0 in range(0, n, band):
                 b = min(band, n - s0)
+                for r0 in range(0, s0, CHUNK_ROWS):  # left of the band: G[r, s0:s0+b] of earlier rows r
+                    c = min(CHUNK_ROWS, s0 - r0)
+                    out[:b, r0:r0 + c] = full.read_block(r0, c, s0, b, t_buf).T
                 xa = torch.from_numpy(self._rows.read_range(s0, b, xa_buf))
-                for s1 in range(0, n, CHUNK_ROWS):
+                for s1 in range(s0, n, CHUNK_ROWS):
                     c = min(CHUNK_ROWS, n - s1)
                     xb = torch.from_numpy(self._rows.read_range(s1, c, xb_buf))
                     out[:b, s1:s1 + c] = (xa @ xb.T).numpy()
