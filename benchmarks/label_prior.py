@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pseudo_labels import Peak, gemm_gflops, make_features  # noqa: E402
@@ -129,6 +130,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="labelling calls (the first includes the once-only work)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge-check", default=None, choices=["auto", "none", "own_group"],
+                   help="pseudo_labels.merge_check (default: the config's, auto)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,6 +142,8 @@ def main() -> None:
     feats, ids, cams = make_features(args.n, args.dim, seed=args.seed, cams=args.cams, views=min(args.cams, 3))
     cache = Path(args.cache)
     overrides = [f"pseudo_labels.prior_store={args.store}"]
+    if args.merge_check is not None:
+        overrides.append(f"pseudo_labels.merge_check={args.merge_check}")
     descriptors = None
     if args.form == "plain":
         overrides.append("pseudo_labels.colour_weight=0")
@@ -178,10 +183,16 @@ def main() -> None:
         if epoch == 0:
             gram_once = stages.get("gram", 0.0)
         rest = total - sum(v for k, v in stages.items() if k != "gram")
+        keep = pl.labels >= 0  # the synthetic identities, for the report only (never used to label)
+        quality = {"outliers": float(1.0 - keep.mean()),
+                   "ari": float(adjusted_rand_score(ids[keep], pl.labels[keep])) if keep.any() else 0.0,
+                   "matched_pairs": pl.report.get("matched_pairs"), "matches_rejected": pl.report.get("matches_rejected")}
         calls.append({"total_s": total, **{k + "_s": v for k, v in stages.items()}, "merge_rest_s": rest,
-                      "peak_rss_gib": peak.peak(), "clusters": pl.num_clusters})
+                      "peak_rss_gib": peak.peak(), "clusters": pl.num_clusters, **quality})
         print(f"call {epoch}: {total:.2f} s " + " ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + f" rest {rest:.2f}; peak RSS {peak.peak():.2f} GiB; {pl.num_clusters} clusters", flush=True)
+              + f" rest {rest:.2f}; peak RSS {peak.peak():.2f} GiB; {pl.num_clusters} clusters, "
+              f"{quality['outliers']:.1%} outliers, ARI vs the synthetic identities {quality['ari']:.3f}, matches "
+              f"merged {quality['matched_pairs']} / rejected {quality['matches_rejected']}", flush=True)
     sizes = np.bincount(cams)
     flops = float(sum(2.0 * int(s) ** 2 * args.dim for s in sizes))
     later = calls[1:] or calls

@@ -126,14 +126,17 @@ def test_pipeline_equals_the_former_chain(neighbourhood, matching, colour):
     f, cams, pids, desc = camera_set()
     cfg = load_config(None, SMALL + [f"method.camera.neighbourhood={neighbourhood}",
                                      f"method.camera.matching={str(matching).lower()}",
-                                     f"pseudo_labels.colour_weight={0.7 if colour else 0.0}"])
+                                     f"pseudo_labels.colour_weight={0.7 if colour else 0.0}",
+                                     "pseudo_labels.merge_check=none"])  # the former chain had no check
     expected = former_chain(cfg, f.clone(), cams, desc)
     got = build_label_pipeline(cfg, cams, np.zeros_like(cams), descriptors=lambda: desc.clone())(f.clone())
     assert expected.num_clusters > 3  # a real clustering, not a degenerate one
     np.testing.assert_array_equal(got.labels, expected.labels)
     assert got.num_clusters == expected.num_clusters
     assert got.eps == expected.eps
-    assert without_timings(got.report) == without_timings(expected.report)
+    got_report = without_timings(got.report)
+    assert got_report.pop("matches_rejected", 0) == 0  # no check here
+    assert got_report == without_timings(expected.report)
     assert got.source == "clustering" and got.num_singletons == 0
     if matching:
         np.testing.assert_array_equal(got.groups, cams)
@@ -158,11 +161,14 @@ def test_group_by_camera_is_the_former_matching_and_keeps_merge_mode():
     f, cams, _, _ = camera_set(seed=1)
     old = load_config(None, SMALL + ["method.camera.matching=true"])
     for mode in ("one_to_one", "bilateral", "relaxed"):
-        cfg = load_config(None, SMALL + ["pseudo_labels.group_by=camera", f"pseudo_labels.merge_mode={mode}"])
+        cfg = load_config(None, SMALL + ["pseudo_labels.group_by=camera", f"pseudo_labels.merge_mode={mode}",
+                                         "pseudo_labels.merge_check=none"])  # the former matching had no check
         pipe = build_label_pipeline(cfg, cams, None)
         got, expected = pipe(f), _former_cross_camera_labels(f, cams, old.pseudo_labels, mode=mode)
         np.testing.assert_array_equal(got.labels, expected.labels)
-        assert (got.num_clusters, got.report) == (expected.num_clusters, expected.report)
+        report = dict(got.report)
+        assert report.pop("matches_rejected") == 0
+        assert (got.num_clusters, report) == (expected.num_clusters, expected.report)
         assert f"merge matched clusters ({mode})" in pipe.describe()
 
 
@@ -173,17 +179,18 @@ def test_a_lone_sample_and_a_clusterless_camera_as_before():
     rng = np.random.default_rng(0)
     extra = F.normalize(torch.tensor(rng.normal(size=(3, f.shape[1])), dtype=torch.float32), dim=1)
     f, cams = torch.cat([f, extra]), np.concatenate([cams, [7, 8, 8]])
-    cfg = load_config(None, SMALL + ["method.camera.matching=true"])
+    cfg = load_config(None, SMALL + ["method.camera.matching=true", "pseudo_labels.merge_check=none"])
     got, expected = build_label_pipeline(cfg, cams)(f), _former_cross_camera_labels(f, cams, cfg.pseudo_labels)
     np.testing.assert_array_equal(got.labels, expected.labels)
-    assert got.report == expected.report
+    assert {k: v for k, v in got.report.items() if k != "matches_rejected"} == expected.report
     assert 7 not in got.report["per_camera_clusters"] and got.report["per_camera_clusters"][8] == 0
     assert (got.labels[-3:] == -1).all()
 
 
 def test_rho_gives_each_group_its_eps_and_no_single_eps():
     f, cams, _, _ = camera_set(seed=2)
-    cfg = load_config(None, SMALL + ["method.camera.matching=true", "pseudo_labels.rho=0.02"])
+    cfg = load_config(None, SMALL + ["method.camera.matching=true", "pseudo_labels.rho=0.02",
+                                     "pseudo_labels.merge_check=none"])
     got = build_label_pipeline(cfg, cams)(f)
     expected = _former_cross_camera_labels(f, cams, cfg.pseudo_labels)
     assert got.eps is None and got.report["per_camera_eps"] == expected.report["per_camera_eps"]
@@ -291,7 +298,7 @@ def test_describe_lists_the_steps_in_order():
     assert text == ("per-camera standardisation -> append lomo (weight 1, standardised per camera; its Gram blocks computed"
                     " once) -> group by camera"
                     " -> k-reciprocal Jaccard (k1 8, k2 3) + DBSCAN (eps 0.5, min_samples 3) per camera"
-                    " -> merge matched clusters (one_to_one)")
+                    " -> merge matched clusters (one_to_one; ratio test 0.8 with > 2 groups)")
     cfg = load_config(None, SMALL + ["method.camera.neighbourhood=ca_jaccard"])
     assert build_label_pipeline(cfg, cams).describe() == "CA-Jaccard (k1 3/6, k2 2/2) + DBSCAN"
 
@@ -416,3 +423,66 @@ def test_build_checks_an_unvalidated_config():
     cfg.pseudo_labels.association = "matches"
     with pytest.raises(ConfigError, match="pseudo_labels.association"):
         build_label_pipeline(cfg, np.zeros(4, dtype=np.int64))
+
+
+# ------------------------------------------------------------------------------------ many cameras
+def few_views_set(seed: int = 0, ids: int = 30, cams: int = 6, views: int = 2, per_cam: int = 5, d: int = 32):
+    """Each identity seen by ``views`` of ``cams`` cameras (drawn per identity), ``per_cam`` images in each;
+    returns ``(features (N, d) float32 normalised, camids, identities)``."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(ids, d))
+    shift = rng.normal(size=(cams, d)) * 0.5
+    feats, camids, pids = [], [], []
+    for pid in range(ids):
+        for c in rng.choice(cams, views, replace=False):
+            for _ in range(per_cam):
+                feats.append(centers[pid] + shift[c] + 0.4 * rng.normal(size=d))
+                camids.append(int(c))
+                pids.append(pid)
+    f = F.normalize(torch.tensor(np.array(feats), dtype=torch.float32), dim=1)
+    return f, np.array(camids, dtype=np.int64), np.array(pids)
+
+
+def _pairwise_precision_recall(labels: np.ndarray, pids: np.ndarray) -> tuple[float, float]:
+    """Over the clustered samples, by counting every pair (the reference: a plain double loop)."""
+    keep = np.flatnonzero(labels >= 0)
+    tp = same_label = same_pid = 0
+    for a in range(len(keep)):
+        for b in range(a + 1, len(keep)):
+            sl = labels[keep[a]] == labels[keep[b]]
+            sp = pids[keep[a]] == pids[keep[b]]
+            tp += sl and sp
+            same_label += sl
+            same_pid += sp
+    return tp / max(same_label, 1), tp / max(same_pid, 1)
+
+
+def test_merge_check_stops_the_many_camera_chain():
+    """Six cameras, each identity in two: the one-to-one assignment gives every cluster a partner in
+    every other camera, and without the check the union chains identities together; with the
+    ratio check (the default with more than two cameras) the merged clusters stay pure and still
+    join each identity's two cameras."""
+    f, cams, pids = few_views_set(d=64)
+    out = {}
+    for check in ("none", "auto"):
+        cfg = load_config(None, SMALL + ["method.camera.matching=true", f"pseudo_labels.merge_check={check}"])
+        pipe = build_label_pipeline(cfg, cams, np.zeros_like(cams))
+        out[check] = pipe(f.clone())
+    per_cam = sum(out["auto"].report["per_camera_clusters"].values())
+    assert per_cam >= 50  # each identity's two cameras clustered apart first
+    p_none, _ = _pairwise_precision_recall(out["none"].labels, pids)
+    p_auto, r_auto = _pairwise_precision_recall(out["auto"].labels, pids)
+    assert out["none"].num_clusters < 15 and p_none < 0.3  # chained: several identities per cluster
+    assert p_auto > 0.97 and r_auto > 0.9  # one cluster per identity, across its two cameras
+    assert out["auto"].report["matches_rejected"] > 0 == out["none"].report["matches_rejected"]
+
+
+def test_merge_check_auto_leaves_two_cameras_unchanged():
+    f, cams, _, _ = camera_set(cams=2, per_cam=(3, 4))
+    labels = {}
+    for check in ("none", "auto"):
+        cfg = load_config(None, SMALL + ["method.camera.matching=true", f"pseudo_labels.merge_check={check}"])
+        labels[check] = build_label_pipeline(cfg, cams, np.zeros_like(cams))(f.clone()).labels
+    np.testing.assert_array_equal(labels["auto"], labels["none"])
+    with pytest.raises(ConfigError, match="merge_check"):
+        load_config(None, ["pseudo_labels.merge_check=closest"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from unreid.config import PseudoLabelConfig
 from unreid.pseudo_labels.matching import bilateral_cluster_matching, cross_camera_labels
@@ -194,12 +195,95 @@ def test_merge_modes_on_the_column_side_example():
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[1.0, 0.0], [0.95, 0.31], [0.9, 0.44]])
     groups = [(np.array([0, 1]), a), (np.array([2, 3, 4]), b)]
-    merged, pairs = merge_matched_clusters(5, groups, mode="relaxed")
+    merged, pairs, _ = merge_matched_clusters(5, groups, mode="relaxed")
     assert pairs == 4 and _partition(merged) == {frozenset({0, 1, 2, 3, 4})}
-    merged, pairs = merge_matched_clusters(5, groups, mode="bilateral")
+    merged, pairs, _ = merge_matched_clusters(5, groups, mode="bilateral")
     assert pairs == 3 and _partition(merged) == {frozenset({0, 2, 3}), frozenset({1, 4})}
-    merged, pairs = merge_matched_clusters(5, groups, mode="one_to_one")
+    merged, pairs, _ = merge_matched_clusters(5, groups, mode="one_to_one")
     assert pairs == 2 and _partition(merged) == {frozenset({0, 2}), frozenset({1, 4}), frozenset({3})}
     # the same matches kept as data (MBCCM's use): row-major global pairs
     assert cluster_matches(groups).tolist() == [[0, 2], [0, 3], [0, 4], [1, 4]]
     assert cluster_matches(groups, relax=False).tolist() == [[0, 2], [0, 3], [1, 4]]
+
+
+def test_ratio_check_on_angles():
+    """Unit vectors at angles (degrees). A {0, 180} against C {45, -45}: each A cluster is as far from
+    both C clusters (45 or 135 degrees), so whichever pairs the assignment makes fail the ratio test
+    (nearest / second-nearest = 1 > 0.8) and nothing merges; without the check both pairs merge. A
+    lone cluster on each side ({0} against {10}) has no second candidate and passes."""
+    from unreid.pseudo_labels.matching import merge_matched_clusters
+
+    def unit(*deg):
+        r = np.deg2rad(np.array(deg))
+        return torch.tensor(np.stack([np.cos(r), np.sin(r)], 1), dtype=torch.float32)
+
+    groups = [(np.array([0, 1]), unit(0, 180)), (np.array([2, 3]), unit(45, -45))]
+    merged, pairs, rejected = merge_matched_clusters(4, groups, check="none")
+    assert (pairs, rejected) == (2, 0) and len(_partition(merged)) == 2
+    merged, pairs, rejected = merge_matched_clusters(4, groups, check="ratio")
+    assert (pairs, rejected) == (0, 2) and len(_partition(merged)) == 4
+    merged, pairs, rejected = merge_matched_clusters(2, [(np.array([0]), unit(0)), (np.array([1]), unit(10))],
+                                                     check="ratio")
+    assert (pairs, rejected) == (1, 0) and _partition(merged) == {frozenset({0, 1})}
+    with pytest.raises(ValueError, match="merge check"):
+        merge_matched_clusters(4, groups, check="closest")
+    with pytest.raises(ValueError, match="ratio"):
+        merge_matched_clusters(4, groups, check="ratio", ratio=1.5)
+
+
+def _ratio_reference(groups, num_clusters, ratio=0.8):
+    """The ratio-checked merge written out with plain loops and sets: every pair of groups' Hungarian
+    assignment on squared distances of the normalised centroids; a match kept when its distance is
+    below ``ratio`` times each side's second-nearest distance; then the kept matches in increasing
+    cost, each merging two clusters only if they share no group."""
+    units = [g[1].double().numpy() / np.linalg.norm(g[1].double().numpy(), axis=1, keepdims=True) for g in groups]
+
+    def cost(x, y):
+        return np.array([[float(((a - b) ** 2).sum()) for b in y] for a in x])
+
+    def second(values):
+        return sorted(values)[1] if len(values) > 1 else np.inf
+
+    found, rejected = [], 0
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            c = cost(units[i], units[j])
+            for r, s in zip(*linear_sum_assignment(c)):
+                dist = np.sqrt(c[r, s])
+                if dist < ratio * np.sqrt(second(c[r, :])) and dist < ratio * np.sqrt(second(c[:, s])):
+                    found.append((c[r, s], int(groups[i][0][r]), int(groups[j][0][s])))
+                else:
+                    rejected += 1
+    comp = {x: {x} for x in range(num_clusters)}  # cluster -> the set of clusters merged with it
+    group_of = {int(x): g for g, (ids, _) in enumerate(groups) for x in ids}
+    pairs = conflicts = 0
+    for _, a, b in sorted(found):
+        if comp[a] is comp[b]:
+            pairs += 1
+        elif {group_of[x] for x in comp[a]} & {group_of[x] for x in comp[b]}:
+            conflicts += 1
+        else:
+            merged = comp[a] | comp[b]
+            for x in merged:
+                comp[x] = merged
+            pairs += 1
+    return {frozenset(v) for v in comp.values()}, pairs, rejected + conflicts, conflicts
+
+
+def test_ratio_merge_matches_a_loop_reference():
+    """Random centroids in 3-D (few dimensions: many close calls), five groups of 2-6 clusters."""
+    from unreid.pseudo_labels.matching import merge_matched_clusters
+
+    conflicts_seen = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        groups, offset = [], 0
+        for _ in range(5):
+            k = int(rng.integers(2, 7))
+            groups.append((np.arange(offset, offset + k), torch.tensor(rng.normal(size=(k, 3)), dtype=torch.float32)))
+            offset += k
+        merged, pairs, rejected = merge_matched_clusters(offset, groups, check="ratio")
+        parts, ref_pairs, ref_rejected, conflicts = _ratio_reference(groups, offset)
+        assert _partition(merged) == parts and (pairs, rejected) == (ref_pairs, ref_rejected), seed
+        conflicts_seen += conflicts
+    assert conflicts_seen > 0  # the shared-group rule was exercised

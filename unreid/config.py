@@ -150,6 +150,15 @@ class PseudoLabelConfig:
     #: association=merge: which matches merge clusters: "one_to_one" (the Hungarian assignment, our choice:
     #: the looser ones chain into giant clusters, docs/methods/camera_aware.md) | "bilateral" | "relaxed" (MBCCM's)
     merge_mode: str = "one_to_one"
+    #: association=merge: which matches may merge: "auto" ("ratio" with more than two clustered groups, "none"
+    #: with two: the measured two-camera recipe unchanged) | "none" (every match) | "ratio" (Lowe's ratio test on
+    #: each match, and no merged cluster with two clusters of one group; our rules against the chaining of
+    #: many-camera sets: unreid.pseudo_labels.matching.merge_matched_clusters, docs/methods/camera_aware.md
+    #: "Many cameras")
+    merge_check: str = "auto"
+    #: merge_check=ratio: a match's centroid distance must be below this times the distance to the
+    #: second-nearest candidate, on both sides (Lowe, IJCV 2004, section 7.1: 0.8)
+    merge_ratio: float = 0.8
 
 
 @dataclass
@@ -422,6 +431,7 @@ _CHOICES = {
     "pseudo_labels.group_by": {"auto", "none", "camera", "modality"},  # unreid.pseudo_labels.pipeline
     "pseudo_labels.association": {"auto", "merge", "matches"},
     "pseudo_labels.merge_mode": {"one_to_one", "bilateral", "relaxed"},  # unreid.pseudo_labels.matching.MATCH_MODES
+    "pseudo_labels.merge_check": {"auto", "none", "ratio"},  # unreid.pseudo_labels.matching.MERGE_CHECKS + auto
     "method.memory_update": {"per_sample", "batch_mean"},
     "method.hhcl.variant": {"cmhybrid", "cmhybrid_v2"},
     "method.hhcl.smoothing": {"topk", "uniform"},  # unreid.losses.contrastive.SMOOTHING

@@ -165,7 +165,8 @@ def cluster_centroids(features: torch.Tensor, labels: np.ndarray, num_clusters: 
 
 
 def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, torch.Tensor]],
-                           mode: str = "one_to_one", pair_cost=None) -> tuple[np.ndarray, int]:
+                           mode: str = "one_to_one", pair_cost=None, check: str = "none", ratio: float = 0.8,
+                           ) -> tuple[np.ndarray, int, int]:
     """Merge clusters matched across groups (union-find over every pair of groups, in list order).
 
     Args:
@@ -173,37 +174,88 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
         groups: per group, ``(ids, centroids)``: its ``(K_g,) int64`` global cluster ids and their
             ``(K_g, d)`` centroids; every group has at least one cluster.
         mode: one of :data:`MATCH_MODES`, as in :func:`cross_camera_labels`.
-        pair_cost: ``cost(i, j) -> (K_i, K_j)`` between groups ``i < j`` in place of
+        pair_cost: ``cost(i, j) -> (K_i, K_j)`` between groups ``i <= j`` in place of
             :func:`centroid_cost` of their centroids (which may then be ``None``): the prior's
             :meth:`unreid.pseudo_labels.prior.PriorFeatures.pair_costs`.
+        check: ``"none"`` (every match merges, pair of groups by pair of groups) or ``"ratio"``, two
+            rules of ours (not MBCCM's) against the chaining of many-camera sets: with many cameras most
+            camera pairs share few identities, yet the assignment gives every cluster a partner in every
+            other camera, and the union over all pairs chained every cluster into one
+            (docs/methods/camera_aware.md, "Many cameras"). (1) The ratio test of Lowe (IJCV 2004,
+            "Distinctive image features from scale-invariant keypoints", section 7.1): a match ``(a, b)``
+            is kept only if its centroid distance is below ``ratio`` times the distance from ``a`` to the
+            second-nearest cluster of ``b``'s group, and likewise from ``b``'s side (a forced partner of
+            an identity the other camera never saw is about as far as the next candidate). (2) Clusters
+            of one group were kept apart by that group's clustering, so they are different identities:
+            the kept matches of all pairs of groups merge in increasing cost, each only if the two merged
+            clusters hold no group in common. With two groups and ``mode="one_to_one"`` rule (2) never
+            applies.
+        ratio: rule (1)'s distance ratio (Lowe's 0.8); the costs are squared distances, so the test is
+            ``cost < ratio^2 * second cost``. A group's side with a single candidate passes.
 
     Returns:
-        ``(merged, pairs)``: ``merged`` ``(num_clusters,) int64`` the new contiguous id of each
-        cluster, ``pairs`` the number of matched pairs that were merged.
+        ``(merged, pairs, rejected)``: ``merged`` ``(num_clusters,) int64`` the new contiguous id of each
+        cluster, ``pairs`` the number of matched pairs that were merged, ``rejected`` the number of
+        matches the ``check`` turned down.
 
     Raises:
-        ValueError: unknown ``mode``.
+        ValueError: unknown ``mode`` or ``check``, or ``ratio`` outside ``(0, 1]``.
     """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"merge ratio must be in (0, 1], got {ratio}")
     if mode not in MATCH_MODES:
         raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
+    if check not in MERGE_CHECKS:
+        raise ValueError(f"unknown merge check {check!r}; choose one of {MERGE_CHECKS}")
     parent = np.arange(num_clusters)
-    pairs = 0
+    pairs = rejected = 0
     units = None if pair_cost is not None else [_unit64(g[1]) for g in groups]
+
+    def costs(i: int, j: int) -> np.ndarray:
+        return pair_cost(i, j) if pair_cost is not None else _unit_cost(units[i], units[j])
+
+    kept: list[tuple[float, int, int]] = []  # check "ratio": (cost, cluster a, cluster b) of every kept match
+    member = np.zeros(num_clusters, dtype=object)  # check "ratio": the groups of each cluster, as a bit mask
+    for g, (ids, _) in enumerate(groups):
+        member[np.asarray(ids)] = 1 << g
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
-            cost = pair_cost(i, j) if pair_cost is not None else _unit_cost(units[i], units[j])
+            cost = costs(i, j)
             if mode == "one_to_one":
                 mask = np.zeros((len(groups[i][0]), len(groups[j][0])), dtype=bool)
                 mask[linear_sum_assignment(cost)] = True
             else:
                 mask = _bilateral(cost, relax=mode == "relaxed")
+            if check == "ratio":
+                keep = cost < (ratio * ratio) * np.minimum(_second(cost, 1)[:, None], _second(cost, 0)[None, :])
+                rejected += int((mask & ~keep).sum())
+                r, c = np.nonzero(mask & keep)
+                kept += zip(cost[r, c].tolist(), np.asarray(groups[i][0])[r].tolist(), np.asarray(groups[j][0])[c].tolist())
+                continue
             for r, c in zip(*np.nonzero(mask)):
                 ra, rb = _find(parent, int(groups[i][0][r])), _find(parent, int(groups[j][0][c]))
                 parent[ra] = rb
                 pairs += 1
+    for _, a, b in sorted(kept):  # increasing cost (then ids): the closest matches merge first
+        ra, rb = _find(parent, a), _find(parent, b)
+        if ra == rb:
+            pairs += 1
+        elif member[ra] & member[rb]:
+            rejected += 1
+        else:
+            parent[ra] = rb
+            member[rb] |= member[ra]
+            pairs += 1
     roots = np.array([_find(parent, x) for x in range(num_clusters)])
     _, merged = np.unique(roots, return_inverse=True)
-    return merged.astype(np.int64), pairs
+    return merged.astype(np.int64), pairs, rejected
+
+
+def _second(cost: np.ndarray, axis: int) -> np.ndarray:
+    """The second-smallest cost along ``axis`` (``inf`` where there is a single candidate)."""
+    if cost.shape[axis] < 2:
+        return np.full(cost.shape[1 - axis], np.inf)
+    return np.partition(cost, 1, axis=axis).take(1, axis=axis)
 
 
 def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool = True, pair_cost=None) -> np.ndarray:
@@ -236,6 +288,8 @@ def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool =
 
 
 MATCH_MODES = ("one_to_one", "bilateral", "relaxed")
+#: the checks a match passes before it merges (:func:`merge_matched_clusters`)
+MERGE_CHECKS = ("none", "ratio")
 
 
 def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: str = "one_to_one") -> PseudoLabels:
@@ -281,7 +335,7 @@ def cross_camera_labels(features: torch.Tensor, camids: np.ndarray, cfg, mode: s
     if offset == 0:
         raise NoClustersError(f"no camera produced a cluster (N={len(camids)}, eps={cfg.eps}, "
                               f"min_samples={cfg.min_samples}); raise pseudo_labels.eps")
-    merged, pairs = merge_matched_clusters(offset, [(ids, cents) for _, ids, cents in groups], mode)
+    merged, pairs, _ = merge_matched_clusters(offset, [(ids, cents) for _, ids, cents in groups], mode)
     out = labels.copy()
     out[labels >= 0] = merged[labels[labels >= 0]]
     num = int(merged.max()) + 1

@@ -226,37 +226,53 @@ class MergeAcrossGroups:
     Args:
         mode: ``"one_to_one"`` (default), ``"bilateral"`` or ``"relaxed"``
             (:data:`~unreid.pseudo_labels.matching.MATCH_MODES`).
+        check: ``"auto"`` (default: ``"ratio"`` when more than two groups have clusters, else
+            ``"none"``), ``"none"`` or ``"ratio"``
+            (:func:`~unreid.pseudo_labels.matching.merge_matched_clusters`).
+        ratio: the ratio test's distance ratio (``check="ratio"``; Lowe 2004: 0.8).
 
     Raises:
-        ValueError: unknown ``mode``.
+        ValueError: unknown ``mode`` or ``check``, or ``ratio`` outside ``(0, 1]``.
     """
 
     name = "merge"
 
-    def __init__(self, mode: str = "one_to_one") -> None:
-        from unreid.pseudo_labels.matching import MATCH_MODES
+    def __init__(self, mode: str = "one_to_one", check: str = "auto", ratio: float = 0.8) -> None:
+        from unreid.pseudo_labels.matching import MATCH_MODES, MERGE_CHECKS
 
         if mode not in MATCH_MODES:
             raise ValueError(f"unknown matching mode {mode!r}; choose one of {MATCH_MODES}")
-        self.mode = mode
+        if check not in ("auto",) + MERGE_CHECKS:
+            raise ValueError(f"unknown merge check {check!r}; choose one of {('auto',) + MERGE_CHECKS}")
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"pseudo_labels.merge_ratio must be in (0, 1], got {ratio}")
+        self.mode, self.check, self.ratio = mode, check, ratio
+
+    def resolved_check(self, groups: int) -> str:
+        """The check used with ``groups`` clustered groups (``"auto"`` resolved)."""
+        if self.check == "auto":
+            return "ratio" if groups > 2 else "none"
+        return self.check
 
     def __call__(self, grouped: _Grouped, group_name: str) -> dict:
         """The merged labels: ``{"labels", "num_clusters", "report"}`` (report: ``per_<group>_clusters``,
-        ``matched_pairs``, ``per_<group>_eps``, the keys ``cross_camera_labels`` reports)."""
+        ``matched_pairs``, ``matches_rejected`` (by the check), ``per_<group>_eps``)."""
         from unreid.pseudo_labels.matching import merge_matched_clusters
 
-        merged, pairs = merge_matched_clusters(grouped.num_clusters,
-                                               [(ids, cents) for _, ids, cents in grouped.clustered], self.mode,
-                                               pair_cost=grouped.pair_cost)
+        merged, pairs, rejected = merge_matched_clusters(
+            grouped.num_clusters, [(ids, cents) for _, ids, cents in grouped.clustered], self.mode,
+            pair_cost=grouped.pair_cost, check=self.resolved_check(len(grouped.clustered)), ratio=self.ratio)
         labels = grouped.labels.copy()
         keep = grouped.labels >= 0
         labels[keep] = merged[grouped.labels[keep]]
         report = {f"per_{group_name}_clusters": grouped.per_group, "matched_pairs": pairs,
-                  f"per_{group_name}_eps": grouped.per_group_eps}
+                  "matches_rejected": rejected, f"per_{group_name}_eps": grouped.per_group_eps}
         return {"labels": labels, "num_clusters": int(merged.max()) + 1, "report": report}
 
     def describe(self) -> str:
-        return f"merge matched clusters ({self.mode})"
+        check = {"auto": f"; ratio test {self.ratio:g} with > 2 groups", "none": "",
+                 "ratio": f"; ratio test {self.ratio:g}"}[self.check]
+        return f"merge matched clusters ({self.mode}{check})"
 
 
 class MatchesAcrossGroups:
@@ -489,7 +505,7 @@ def build_label_pipeline(cfg: Config, camids: np.ndarray, modalities: np.ndarray
             raise ValueError(f"modalities has shape {groups.shape}, camids {camids.shape}")
     assoc: Association | None = None
     if association == "merge":
-        assoc = MergeAcrossGroups(p.merge_mode)
+        assoc = MergeAcrossGroups(p.merge_mode, p.merge_check, p.merge_ratio)
     elif association == "matches":
         assoc = MatchesAcrossGroups()
     return LabelPipeline(labeller, camids, transforms, groups=groups, group_name=group_by, association=assoc, cfg=p)
