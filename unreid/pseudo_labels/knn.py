@@ -109,7 +109,8 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         self_sim = self_sim + gram.diagonal().cpu().numpy()
     if k == 1:
         return np.arange(n, dtype=np.int64)[:, None], self_sim[:, None]
-    if method == "exact" and f.device.type == "cpu":  # lists already in the tie order (sorted keys)
+    threshold_cpu = method == "exact" and f.device.type == "cpu"
+    if threshold_cpu:
         idx, sim = _exact_threshold_cpu(f, k - 1, max(1, min(int(block), CPU_BLOCK)), gram=gram)
     elif gram is not None:
         idx, sim = _exact_symmetric(f, k - 1, max(1, int(block)), gram=gram)
@@ -119,7 +120,7 @@ def knn(features: Tensor | np.ndarray, k: int, method: str = "exact", block: int
         idx, sim = _pca_search(f, k - 1, pca_dim, pca_oversample, max(1, int(block)))
     else:
         idx, sim = _faiss_search(f, k - 1, method, hnsw_m, hnsw_ef_construction, hnsw_ef_search)
-    if not (method == "exact" and f.device.type == "cpu"):
+    if not threshold_cpu:  # the threshold search's lists are already in the tie order (sorted keys)
         idx, sim = _order_ties(idx, sim)
     indices = np.concatenate([np.arange(n, dtype=np.int64)[:, None], idx], axis=1)
     sims = np.concatenate([self_sim[:, None], sim], axis=1)

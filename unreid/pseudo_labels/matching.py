@@ -209,15 +209,12 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
         raise ValueError(f"unknown merge check {check!r}; choose one of {MERGE_CHECKS}")
     parent = np.arange(num_clusters)
     pairs = rejected = 0
-    units = None if pair_cost is not None else [_unit64(g[1]) for g in groups]
-
-    def costs(i: int, j: int) -> np.ndarray:
-        return pair_cost(i, j) if pair_cost is not None else _unit_cost(units[i], units[j])
-
+    costs = _group_costs(groups, pair_cost)
     kept: list[tuple[float, int, int]] = []  # check "ratio": (cost, cluster a, cluster b) of every kept match
     member = np.zeros(num_clusters, dtype=object)  # check "ratio": the groups of each cluster, as a bit mask
-    for g, (ids, _) in enumerate(groups):
-        member[np.asarray(ids)] = 1 << g
+    if check == "ratio":
+        for g, (ids, _) in enumerate(groups):
+            member[np.asarray(ids)] = 1 << g
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
             cost = costs(i, j)
@@ -251,6 +248,15 @@ def merge_matched_clusters(num_clusters: int, groups: list[tuple[np.ndarray, tor
     return merged.astype(np.int64), pairs, rejected
 
 
+def _group_costs(groups: list[tuple[np.ndarray, torch.Tensor]], pair_cost=None):
+    """``cost(i, j) -> (K_i, K_j) float64`` between groups: ``pair_cost`` when given, else
+    :func:`centroid_cost` of their centroids, each group normalised once."""
+    if pair_cost is not None:
+        return pair_cost
+    units = [_unit64(g[1]) for g in groups]
+    return lambda i, j: _unit_cost(units[i], units[j])
+
+
 def _second(cost: np.ndarray, axis: int) -> np.ndarray:
     """The second-smallest cost along ``axis`` (``inf`` where there is a single candidate)."""
     if cost.shape[axis] < 2:
@@ -276,13 +282,12 @@ def cluster_matches(groups: list[tuple[np.ndarray, torch.Tensor]], relax: bool =
         list order, in row-major order of each pair's match mask.
     """
     out = [np.zeros((0, 2), dtype=np.int64)]
-    units = None if pair_cost is not None else [_unit64(g[1]) for g in groups]
+    costs = _group_costs(groups, pair_cost)
     for i in range(len(groups)):
         for j in range(i + 1, len(groups)):
             if len(groups[i][0]) == 0 or len(groups[j][0]) == 0:
                 raise ValueError(f"cannot match {len(groups[i][0])} clusters with {len(groups[j][0])} clusters")
-            cost = pair_cost(i, j) if pair_cost is not None else _unit_cost(units[i], units[j])
-            r, c = np.nonzero(_bilateral(cost, relax))
+            r, c = np.nonzero(_bilateral(costs(i, j), relax))
             out.append(np.stack([np.asarray(groups[i][0])[r], np.asarray(groups[j][0])[c]], 1).astype(np.int64))
     return np.concatenate(out)
 

@@ -120,13 +120,7 @@ class _Rows:
         if self.mem is not None:
             return self.mem[first:first + count]
         out = buf[:count]
-        view = memoryview(out).cast("B")
-        done, offset = 0, first * self.row_bytes
-        while done < len(view):
-            got = os.preadv(self.fh.fileno(), [view[done:]], offset + done)
-            if got <= 0:
-                raise OSError(f"short read from the prior's store at byte {offset + done}")
-            done += got
+        self._pread_into(out, first * self.row_bytes)
         return out
 
     def read_block(self, first: int, count: int, col: int, width: int, buf: np.ndarray) -> np.ndarray:
@@ -136,16 +130,22 @@ class _Rows:
         if self.mem is not None:
             return self.mem[first:first + count, col:col + width]
         out = buf[:count * width].reshape(count, width)
-        fd, nbytes = self.fh.fileno(), width * 4
         for r in range(count):
-            view = memoryview(out[r]).cast("B")
-            done, offset = 0, (first + r) * self.row_bytes + col * 4
-            while done < nbytes:
-                got = os.preadv(fd, [view[done:]], offset + done)
-                if got <= 0:
-                    raise OSError(f"short read from the prior's store at byte {offset + done}")
-                done += got
+            self._pread_into(out[r], (first + r) * self.row_bytes + col * 4)
         return out
+
+    def _pread_into(self, out: np.ndarray, offset: int) -> None:
+        """Fill the C-contiguous array ``out`` from the file's bytes at ``offset`` (``preadv`` until done).
+
+        Raises:
+            OSError: the file ends before ``out`` is full."""
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fh.fileno(), [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"short read from the prior's store at byte {offset + done}")
+            done += got
 
     def write(self, pos: np.ndarray, rows: np.ndarray) -> None:
         """Write ``rows`` ``(len(pos), d) float32`` at positions ``pos``."""
@@ -268,12 +268,12 @@ class DescriptorStore:
         """
         idx = np.arange(self.shape[0]) if idx is None else np.asarray(idx, dtype=np.int64)
         key = idx.tobytes()
-        pos = self.pos[idx]
-        if key not in self._grams and self._full is not None and len(pos) and np.array_equal(
-                pos, np.arange(pos[0], pos[0] + len(pos))):
-            n, p0 = len(pos), int(pos[0])
-            block = self._full.read_block(p0, n, p0, n, np.empty(n * n, dtype=np.float32))
-            self._grams[key] = torch.from_numpy(block.copy() if self._full.mem is not None else block)
+        if key not in self._grams and self._full is not None and len(idx):
+            pos = self.pos[idx]
+            if np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))):
+                n, p0 = len(pos), int(pos[0])
+                block = self._full.read_block(p0, n, p0, n, np.empty(n * n, dtype=np.float32))
+                self._grams[key] = torch.from_numpy(block.copy() if self._full.mem is not None else block)
         if key not in self._grams:
             n = len(idx)
             g = torch.empty(n, n, dtype=torch.float32)
