@@ -3,11 +3,13 @@
 Every number comes from the runs' own ``metrics.jsonl`` (written by ``unreid train``); nothing is
 typed by hand. Usage::
 
-    python benchmarks/results_table.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--side-by-side]
+    python benchmarks/results_table.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--side-by-side | --summary]
 
 prints, per run, one row per epoch (test mAP / Rank-1 / Rank-5 / mINP and the pseudo-label report),
-and with ``--side-by-side`` one table with the mAP / Rank-1 / cross-camera ratio of every run per
-epoch. A run folder written in supervised mode is found under its ``-SUPERVISED`` name as well.
+with ``--side-by-side`` one table with the mAP / Rank-1 / cross-camera ratio of every run per
+epoch, and with ``--summary`` one row per arm (the runs given under the same NAME are its draws): mean ±
+sample standard deviation of the last evaluated epoch's mAP and Rank-1 and of its gain over the run's own
+"before training" evaluation. A run folder written in supervised mode is found under its ``-SUPERVISED`` name as well.
 """
 
 from __future__ import annotations
@@ -76,17 +78,63 @@ def side_by_side(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def _last_test(rows: list[dict]) -> tuple[dict, dict | None]:
+    """``(last evaluated epoch's record, the "before training" record or None)`` of one run.
+
+    Raises:
+        ValueError: the run has no evaluated epoch.
+    """
+    tested = [r for r in rows if r.get("test") and r["epoch"] >= 0]
+    if not tested:
+        raise ValueError("a run has no evaluated epoch yet (no 'test' entry in its metrics.jsonl)")
+    before = next((r for r in rows if r["epoch"] < 0 and r.get("test")), None)
+    return tested[-1], before
+
+
+def _mean_std(xs: list[float]) -> str:
+    """``mean ± sample std`` (ddof 1) with one decimal; just the value for one draw."""
+    n = len(xs)
+    m = sum(xs) / n
+    if n == 1:
+        return f"{m:.1f} (one draw)"
+    sd = (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5
+    return f"{m:.1f} ± {sd:.1f}"
+
+
+def summary(arms: dict[str, list[list[dict]]]) -> str:
+    """Markdown table, one row per arm (``name -> [records of each draw]``): the draws' last evaluated epochs,
+    then mean ± sample std (ddof 1, in %) over the draws of that epoch's mAP and Rank-1 and of its mAP gain over
+    the draw's own evaluation before training ("–" where a draw has none)."""
+    head = "| arm | draws | last epoch | mAP | R1 | mAP gain over its start |"
+    lines = [head, "|---|---|---|---|---|---|"]
+    for name, draws in arms.items():
+        last = [_last_test(rows) for rows in draws]
+        maps = [r["test"]["mAP"] for r, _ in last]
+        r1s = [r["test"]["rank1"] for r, _ in last]
+        gains = [r["test"]["mAP"] - b["test"]["mAP"] for r, b in last if b is not None]
+        lines.append(f"| {name} | {len(draws)} | {', '.join(str(r['epoch']) for r, _ in last)} | {_mean_std(maps)} "
+                     f"| {_mean_std(r1s)} | {_mean_std(gains) if len(gains) == len(last) else '–'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
-    ap.add_argument("--side-by-side", action="store_true")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--side-by-side", action="store_true")
+    mode.add_argument("--summary", action="store_true", help="one row per NAME (its runs are the draws): mean ± std")
     args = ap.parse_args(argv)
-    runs = {}
+    runs: dict[str, list[dict]] = {}
+    arms: dict[str, list[list[dict]]] = {}
     for spec in args.runs:
         if "=" not in spec:
             ap.error(f"expected NAME=RUN_DIR, got {spec!r}")
         name, path = spec.split("=", 1)
         runs[name] = load_rows(Path(path))
+        arms.setdefault(name, []).append(runs[name])
+    if args.summary:
+        print(summary(arms))
+        return
     if args.side_by_side:
         print(side_by_side(runs))
         return

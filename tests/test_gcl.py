@@ -351,3 +351,50 @@ def test_stage2_steps_lower_the_generators_loss_on_a_batch(synthetic_root, tmp_p
         losses.append(float(out.losses["loss"]))
     assert losses[-1] < 0.9 * losses[0] and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in enc.items())
+
+
+def test_stage3_starts_from_a_stage2_checkpoint(gcl_full_run, synthetic_root, tmp_path):
+    """``method.gcl.stage2_checkpoint``: a stage-3-only run starts from everything a finished stage 2 left (encoder,
+    generator, discriminator, Adam's moments), keeps its own learning rates, and then trains all three; a checkpoint
+    of another method, or one written in stage 3, is refused with the file named."""
+    from tests.conftest import write_checkpoint
+    from unreid.engine.trainer import Trainer
+
+    stage2 = tmp_path / "stage2"
+    Trainer(load_config(None, _gcl(synthetic_root, stage2, **{"method.gcl.joint_epochs": 0}))).train()
+    saved = torch.load(stage2 / "checkpoint_last.pth", weights_only=False)
+    assert saved["stage"] == "generator"
+    out = tmp_path / "stage3"
+    tr = Trainer(load_config(None, _gcl(synthetic_root, out, **{
+        "method.gcl.generator_epochs": 0, "method.gcl.joint_epochs": 1, "seed": 7,
+        "method.gcl.stage2_checkpoint": str(stage2 / "checkpoint_last.pth"), "optim.named.generator.lr": 5e-5})))
+    for name, module in (("generator", tr.method.generator), ("discriminator", tr.method.discriminator)):
+        assert all(torch.equal(v, saved["modules"][name][k]) for k, v in module.state_dict().items()), name
+    assert all(torch.equal(v, saved["model"][k]) for k, v in tr.model.state_dict().items())
+    for name in ("generator", "discriminator"):
+        own = tr.optim.optimizers[name].state_dict()
+        old = saved["optim"]["optimizers"][name]
+        assert own["state"] and set(own["state"]) == set(old["state"]), name  # Adam has stepped in stage 2
+        for i, st in old["state"].items():
+            assert torch.equal(own["state"][i]["exp_avg"], st["exp_avg"]), (name, i)
+    assert tr.optim.lr("generator") == pytest.approx(5e-5)  # this run's rate, not stage 2's 1e-4
+    start = _state(tr.model)
+    tr.train()
+    rows = [r for r in metrics_rows(out) if r["epoch"] >= 0]
+    assert len(rows) == 1 and "test" in rows[0] and "memory" in rows[0]["losses"]  # stage 3 only
+    assert any(not torch.equal(v, start[k]) for k, v in tr.model.state_dict().items())  # stage 3 trains the encoder
+
+    with pytest.raises(ValueError, match="not a GCL checkpoint"):
+        Trainer(load_config(None, _gcl(synthetic_root, tmp_path / "x1", **{
+            "method.gcl.generator_epochs": 0, "method.gcl.stage2_checkpoint": str(
+                write_checkpoint(load_config(None, tiny_overrides(synthetic_root, tmp_path / "cc")), tmp_path / "cc.pth"))})))
+    with pytest.raises(ValueError, match="not at the end of stage 2"):
+        Trainer(load_config(None, _gcl(synthetic_root, tmp_path / "x2", **{
+            "method.gcl.generator_epochs": 0,
+            "method.gcl.stage2_checkpoint": str(gcl_full_run["out"] / "checkpoint_last.pth")})))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        Trainer(load_config(None, _gcl(synthetic_root, tmp_path / "x3", **{
+            "method.gcl.stage2_checkpoint": str(tmp_path / "missing.pth")})))
+    with pytest.raises(ConfigError, match="one of init_checkpoint"):
+        load_config(None, _gcl(synthetic_root, tmp_path / "x4", **{
+            "method.gcl.init_checkpoint": "a.pth", "method.gcl.stage2_checkpoint": "b.pth"}))

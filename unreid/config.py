@@ -224,6 +224,11 @@ class GCLConfig:
     #: stage 1 in the same command: train this config first, in ``<output_dir>/warmup`` (its own run folder,
     #: resumed with ``--resume``), and warm-start from its last checkpoint (ours; the paper used JVTC)
     warmup_config: str | None = None
+    #: stage 3 from a finished stage 2: ``checkpoint_last.pth`` of a GCL run whose last stage was ``generator``;
+    #: its encoder, generator, discriminator and their optimisers' moments start this run (the public code's
+    #: ``train_stage3_*.sh``: ``--resume --stage 3``, ``gcl/trainer.py`` ``resume``). With ``generator_epochs: 0``
+    #: several seeds of stage 3 share one stage 2
+    stage2_checkpoint: str | None = None
     generator_epochs: int = 40  #: stage 2 (train_stage2_*.sh --epochs 40): G and D, identity encoder frozen
     joint_epochs: int = 20  #: stage 3 (train_stage3_{duke,msmt}.sh --epochs 20; Market: 40)
     parts: int = 4  #: horizontal stripes of the appearance code (ft_net ``part = 4``)
@@ -538,8 +543,9 @@ def validate(cfg: Config) -> Config:
     if g.structure == "mesh" and not g.mesh_dir:
         raise ConfigError("method.gcl.structure=mesh needs method.gcl.mesh_dir (the folder holding train/render/ and "
                           "train/render_<deg>/); or use structure=edges, the stand-in computed from the images")
-    if g.init_checkpoint and g.warmup_config:
-        raise ConfigError("method.gcl: set init_checkpoint or warmup_config, not both")
+    if sum(bool(x) for x in (g.init_checkpoint, g.warmup_config, g.stage2_checkpoint)) > 1:
+        raise ConfigError("method.gcl: set one of init_checkpoint, warmup_config and stage2_checkpoint (a stage-2 "
+                          "checkpoint already holds its warm-started encoder)")
     if any(d % 45 or not 0 < d < 360 for d in g.novel_degrees) or not g.novel_degrees:
         raise ConfigError(f"method.gcl.novel_degrees must be multiples of 45 in 45..315, got {g.novel_degrees}")
     c = m.camera

@@ -305,7 +305,7 @@ class Trainer:
         if self.run.resume_from is not None:
             self.load(self.run.resume_from)
         else:
-            self.method.on_fresh_start()
+            self.method.on_fresh_start(self.optim)
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod

@@ -210,9 +210,10 @@ class Method:
         """Hooks the method adds to the loop (:class:`unreid.engine.hooks.Hook`; e.g. GCL's image grids). Default none."""
         return []
 
-    def on_fresh_start(self) -> None:
+    def on_fresh_start(self, optim: Any = None) -> None:
         """Called once by the engine when a run starts from scratch (not when it resumes: the checkpoint then
-        restores everything), before training; e.g. GCL's warm start of the identity encoder. Default: nothing."""
+        restores everything), before training, with the run's :class:`unreid.engine.optim.Optimizers`; e.g. GCL's
+        warm start of the identity encoder, or its start from a stage-2 checkpoint. Default: nothing."""
 
     # ------------------------------------------------------------------ features and labels
     def extract(self, samples: list[Sample], extractor: Extractor) -> dict[str, Tensor]:

@@ -202,9 +202,13 @@ class GCL(Method):
     def hooks(self) -> list[Hook]:
         return [ImageGridHook(self, self.settings.image_every)] if self.settings.image_every > 0 else []
 
-    def on_fresh_start(self) -> None:
-        """Stage 1: the warm start (``init_checkpoint``, or ``warmup_config`` trained first)."""
+    def on_fresh_start(self, optim: Any = None) -> None:
+        """Stage 1: the warm start (``init_checkpoint``, or ``warmup_config`` trained first); or, with
+        ``stage2_checkpoint``, everything stage 2 left (:meth:`start_from_stage2`)."""
         s = self.settings
+        if s.stage2_checkpoint:
+            self.start_from_stage2(s.stage2_checkpoint, optim)
+            return
         path = s.init_checkpoint
         if s.warmup_config:
             path = str(run_warmup(s.warmup_config, Path(self.cfg.output_dir) / "warmup", self.cfg))
@@ -213,6 +217,64 @@ class GCL(Method):
         else:
             log.warning("GCL without a warm start (method.gcl.init_checkpoint / warmup_config unset): the identity "
                         "encoder starts from its ImageNet weights (the paper warm-starts it: docs/methods/gcl.md)")
+
+    def start_from_stage2(self, path: str | Path, optim: Any = None) -> None:
+        """Start from the end of stage 2: the identity encoder, generator and discriminator of ``path`` (a GCL
+        run's ``checkpoint_last.pth`` written in stage 2), and the moments of their optimisers (Adam's averages;
+        the encoder's SGD has none yet) into ``optim`` (:class:`unreid.engine.optim.Optimizers`). This run's own
+        learning rates, betas and weight decay are kept, and its schedules start fresh, as the public code's
+        stage 3 (``train_stage3_*.sh``: ``--resume --stage 3``; ``gcl/trainer.py`` ``resume`` loads the
+        modules and ``optimizer.pt``, and re-creates the schedulers). Nothing else (RNG, epoch, labels) carries
+        over: with ``generator_epochs: 0``, seeds of stage 3 share one stage 2.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not a GCL checkpoint, not written in stage 2, or its modules or optimisers have other
+                shapes than this config's (the message names the file and what differs).
+        """
+        from unreid.engine.checkpoint import load_checkpoint
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"method.gcl.stage2_checkpoint={path}: no such file; give the "
+                                    "checkpoint_last.pth of a GCL run whose stage 2 ('generator') has finished")
+        ckpt = load_checkpoint(p)
+        modules = ckpt.get("modules") or {}
+        if "model" not in ckpt or not {"generator", "discriminator"} <= set(modules):
+            raise ValueError(f"{path} is not a GCL checkpoint (it holds no generator and discriminator); give the "
+                             "checkpoint_last.pth of a GCL run, or warm-start the encoder with "
+                             "method.gcl.init_checkpoint instead")
+        if ckpt.get("stage") != GENERATOR_STAGE:
+            raise ValueError(f"{path} was written in stage {ckpt.get('stage')!r}, not at the end of stage 2 "
+                             f"({GENERATOR_STAGE!r}); continue that run with --resume instead")
+        planned = (((ckpt.get("config") or {}).get("method") or {}).get("gcl") or {}).get("generator_epochs")
+        done = int(ckpt.get("epoch", 0))  # epochs finished
+        if planned is not None and done < int(planned):
+            log.warning("%s: stage 2 stopped after %d of its %s epochs; stage 3 starts from there", path, done,
+                        planned)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.generator.load_state_dict(modules["generator"])
+            self.discriminator.load_state_dict(modules["discriminator"])
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its modules do not fit this config's (model.backbone, model.camera_bn, "
+                             f"method.gcl.gen_dim / mlp_dim / dis_dim / dis_scales must be stage 2's): {e}") from e
+        moments = []
+        saved = ((ckpt.get("optim") or {}).get("optimizers")) or {}
+        for name in ("model", "generator", "discriminator"):
+            if optim is None or name not in saved or name not in optim.optimizers:
+                continue
+            opt, old = optim.optimizers[name], saved[name]
+            own = opt.state_dict()["param_groups"]
+            if [len(g["params"]) for g in own] != [len(g["params"]) for g in old["param_groups"]]:
+                raise ValueError(f"{path}: optimiser {name!r} holds other parameters than this run's; stage 3 "
+                                 "needs the modules of stage 2's config")
+            opt.load_state_dict({"state": old["state"], "param_groups": own})
+            if old["state"]:
+                moments.append(name)
+        log.info("GCL stage 3 from the stage-2 checkpoint %s (%d epoch(s) of stage 2): identity encoder, generator "
+                 "and discriminator loaded; optimiser moments of %s; this run's learning rates and schedules",
+                 path, done, ", ".join(moments) or "none")
 
     # ------------------------------------------------------------------ data
     def train_transform(self) -> Any:
