@@ -92,13 +92,11 @@ def _last_test(rows: list[dict]) -> tuple[dict, dict | None]:
 
 
 def _mean_std(xs: list[float]) -> str:
-    """``mean ± sample std`` (ddof 1) with one decimal; just the value for one draw."""
-    n = len(xs)
-    m = sum(xs) / n
-    if n == 1:
-        return f"{m:.1f} (one draw)"
-    sd = (sum((x - m) ** 2 for x in xs) / (n - 1)) ** 0.5
-    return f"{m:.1f} ± {sd:.1f}"
+    """``mean ± sample std`` (``results_page.mean_std``: ddof 1) with one decimal; "(one draw)" for one."""
+    from results_page import mean_std
+
+    m, sd = mean_std(xs)
+    return f"{m:.1f} (one draw)" if sd is None else f"{m:.1f} ± {sd:.1f}"
 
 
 def summary(arms: dict[str, list[list[dict]]]) -> str:
