@@ -119,11 +119,11 @@ def test_labeler_recovers_blobs_and_ignores_gt():
     assert a.num_clusters == 12 and sorted(set(a.labels.tolist())) == list(range(12))
     assert b.report["ari"] == pytest.approx(1.0) and c.report["ari"] < 0.2
     assert b.report["cross_camera_ratio"] == 1.0 and "ari" not in a.report
-    # stage times (seconds, rounded to 1 ms): the stages did work (k-NN and Jaccard of 120 points take
-    # milliseconds), they add up to at most the total (which also covers checks, relabelling and the
+    # stage times (seconds, rounded to 1 ms; a stage of 120 points may round to 0, the exact k-NN does): present
+    # and non-negative, they add up to at most the total (which also covers checks, relabelling and the
     # report), and the total is the fit's own time, not more than the wall time around it
     t = {k: a.report[f"time_{k}_s"] for k in ("knn", "jaccard", "cluster", "total")}
-    assert t["knn"] > 0 and t["jaccard"] > 0 and t["total"] > 0, t
+    assert min(t.values()) >= 0 and t["total"] > 0, t
     assert t["knn"] + t["jaccard"] + t["cluster"] <= t["total"] + 0.002, t  # 0.002: rounding of four values
     assert t["total"] <= wall + 0.001, (t, wall)
     json.dumps(b.report)
