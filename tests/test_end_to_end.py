@@ -1,10 +1,11 @@
 """End to end on the synthetic set: training beats a learning-rate-0 control run.
 
 A few epochs of Cluster Contrast (and HHCL) from ImageNet EfficientNet-Lite0 features on the
-procedural identities (``unreid.data.synthetic``), whose cameras differ strongly. The pseudo-label
-ARI (report only) must rise above its first value, and the final Market-protocol (cross-camera) mAP
-must beat both its value before training and the final mAP of a **control run**: the same config and
-seed with ``optim.lr=0``. The control goes through every step except the weight change (same data,
+procedural identities (``unreid.data.synthetic``), whose cameras differ strongly. For Cluster Contrast
+the pseudo-label ARI (report only) must rise above its first value, and the final Market-protocol
+(cross-camera) mAP must beat both its value before training and the final mAP of a **control run**:
+the same config and seed with ``optim.lr=0``; for HHCL, its training objective must end below its own
+control's (below). The control goes through every step except the weight change (same data,
 augmentation draws, pseudo-labels, memories, and batch-norm running statistics, which move in train
 mode whatever the learning rate), so only learning separates the two: with ``optimizer.step()``
 removed from the trainer, Cluster Contrast's synthetic run still rose from its starting mAP (batch-norm
@@ -12,13 +13,17 @@ statistics alone) and passed a test against the starting value, but it equals th
 
 With ``lr=0`` the method's loss and memory never reach the model, so the control is the same for both
 methods (same sampler over the same pseudo-labels, no random draw in either memory; checked once on the
-tiny synthetic config: identical weights and BN statistics after CC and HHCL lr=0 runs): it is run
-once, with Cluster Contrast, and shared.
+tiny synthetic config: identical weights and BN statistics after CC and HHCL lr=0 runs; on this config both
+end at the same mAP to the last bit, 21.39762184072811, 2026-12-07): it is run once, with HHCL, whose
+training loss it also gives, and shared.
 
-Measured (2026-12-06, this CPU container): mAP before 19.1; control 21.4; Cluster Contrast 28.8; HHCL
-21.7, a thin margin (its pseudo-label ARI ends below the control's, 0.158 vs 0.173; with lr 1e-3 it
-ends at 18.0): on this synthetic set HHCL barely learns in 24 steps, so its case guards against "no
-learning at all" rather than measuring HHCL's gain.
+Measured on the 2-core CPU (mAP %, E2E below): before 19.1; control 21.4 (2026-12-06 and 2026-12-07, on an AVX-512
+machine and on one without: the same to 0.1). Cluster Contrast 28.8 (first machine). HHCL ended at 21.7 on the first machine and
+20.5 on the second, and at 22.5 after 5 epochs against the control's 23.0: on this synthetic set HHCL does not beat
+the batch-norm statistics in 24-40 steps, so its mAP is no test of learning (it was a thin-margin check that failed
+on the second machine). HHCL's case instead compares its own training objective with the ``lr=0`` control's (the
+control runs HHCL): the last epoch's mean loss 1.77 trained against 2.17 (2026-12-07). Without the optimiser step both runs are the
+same run and the check fails; a gradient of the wrong sign raises the trained loss.
 """
 
 from __future__ import annotations
@@ -64,14 +69,12 @@ def _metrics(test: dict) -> dict:
 @pytest.fixture(scope="module")
 def control_rows(synthetic_root, tmp_path_factory):
     """The learning-rate-0 control run (see the module docstring), shared by both methods."""
-    return _run(synthetic_root, tmp_path_factory.mktemp("e2e_control"),
-                **{"method.name": "cluster_contrast", "optim.lr": 0})
+    return _run(synthetic_root, tmp_path_factory.mktemp("e2e_control"), **{"method.name": "hhcl", "optim.lr": 0})
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["cluster_contrast", "hhcl"])
-def test_training_beats_a_learning_rate_zero_control(synthetic_root, tmp_path, method, control_rows):
-    rows = _run(synthetic_root, tmp_path / method, **{"method.name": method})
+def test_cluster_contrast_beats_a_learning_rate_zero_control(synthetic_root, tmp_path, control_rows):
+    rows = _run(synthetic_root, tmp_path / "cc", **{"method.name": "cluster_contrast"})
     before, epochs = rows[0], rows[1:]
     assert before["epoch"] == -1 and [r["epoch"] for r in epochs] == [0, 1, 2]
     # the control starts from the same weights: the same metrics before training (timings aside)
@@ -81,4 +84,17 @@ def test_training_beats_a_learning_rate_zero_control(synthetic_root, tmp_path, m
     assert max(aris[1:]) > aris[0], aris
     final, control = epochs[-1]["test"]["mAP"], control_rows[-1]["test"]["mAP"]
     assert final > before["test"]["mAP"], (before["test"]["mAP"], final)
-    assert final > control, f"{method}: trained {final} vs lr=0 control {control} (mAP %)"
+    assert final > control, f"trained {final} vs lr=0 control {control} (mAP %)"
+
+
+@pytest.mark.slow
+def test_hhcl_lowers_its_objective_below_a_learning_rate_zero_control(synthetic_root, tmp_path, control_rows):
+    rows = _run(synthetic_root, tmp_path / "hhcl", **{"method.name": "hhcl"})
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in control_rows] == [-1, 0, 1, 2]
+    assert _metrics(rows[0]["test"]) == _metrics(control_rows[0]["test"])
+    # learning lowers the objective the run optimises (the last epoch's mean over its steps): 1.77 against 2.17
+    # when measured; 0.9 leaves room for another machine's arithmetic, none for a run without the step
+    trained, control = rows[-1]["losses"]["loss"], control_rows[-1]["losses"]["loss"]
+    assert set(rows[-1]["losses"]) == set(control_rows[-1]["losses"])  # the same objective (HHCL's terms)
+    assert trained < 0.9 * control, (trained, control)
+    assert rows[-1]["test"]["mAP"] > rows[0]["test"]["mAP"], (rows[0]["test"], rows[-1]["test"])
