@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 32's runs on ../shared/data/cuhk03-detected in one command (docs/methods/gcl.md "Results on the shared
+# data"): two warm starts, one GCL stage 2 from each, three seeds of stage 3 from each stage 2, then the summary.
+#
+#   bash benchmarks/gcl_cuhk03.sh OUT [SEEDS]          # from the repository root; SEEDS default "1 2 3"
+#
+# Warm starts (stage 1): the best camera-aware recipe (configs/camera_aware/
+# cuhk03_detected_cpu_cbn_cap_clustering_lomo_online.yaml, camera-based BN) and plain Cluster Contrast
+# (configs/cluster_contrast/cuhk03_detected_cpu.yaml), seed 1 each. Stage 2 (generator and discriminator, the
+# encoder frozen) once per warm start with joint_epochs=0; stage 3 per seed from that stage 2's
+# checkpoint_last.pth (method.gcl.stage2_checkpoint), so the seeds share one stage 2. Every step is skipped
+# when its run has finished and continued with --resume when it has a checkpoint, so the script can be rerun
+# after an interruption. The stage-3 seeds run side by side with one thread each (STAGE3_PARALLEL=0: one after
+# the other with the default threads). Cost on the 2-core CPU: 7-8 hours (docs/BENCHMARKS.md "GCL").
+# Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="device=cuda").
+set -euo pipefail
+OUT=${1:?usage: bash benchmarks/gcl_cuhk03.sh OUT [SEEDS]}
+SEEDS=${2:-1 2 3}
+EXTRA=${EXTRA:-}
+GCL=configs/gcl/cuhk03_detected_cpu.yaml
+mkdir -p "$OUT"
+
+# train OUTPUT_DIR CONFIG [key=value ...]: skip a finished run, resume a started one, else start it
+train() {
+  local dir=$1; shift
+  if [ -f "$dir/model_best.pth" ] && grep -q "training \[.*\] finished in" "$dir/train.log" 2>/dev/null; then
+    echo "== $dir: finished, skipped"; return 0
+  fi
+  local resume=()
+  [ -f "$dir/checkpoint_last.pth" ] && resume=(--resume)
+  echo "== $(date -u +%FT%TZ) $dir: unreid train $* ${resume[*]}"
+  # shellcheck disable=SC2086
+  unreid train "$@" output_dir="$dir" $EXTRA "${resume[@]}" > "$dir.log" 2>&1
+}
+
+declare -A WARM=(
+  [ca]="configs/camera_aware/cuhk03_detected_cpu_cbn_cap_clustering_lomo_online.yaml"
+  [cc]="configs/cluster_contrast/cuhk03_detected_cpu.yaml"
+)
+declare -A CBN=([ca]="model.camera_bn=true" [cc]="model.camera_bn=false")
+for arm in ca cc; do
+  train "$OUT/${arm}_warm" "${WARM[$arm]}" seed=1
+  train "$OUT/${arm}_stage2" "$GCL" seed=1 "${CBN[$arm]}" method.gcl.joint_epochs=0 \
+    method.gcl.init_checkpoint="$OUT/${arm}_warm/model_best.pth"
+  pids=()
+  for s in $SEEDS; do
+    args=("$OUT/${arm}_s$s" "$GCL" seed="$s" "${CBN[$arm]}" method.gcl.generator_epochs=0
+          method.gcl.stage2_checkpoint="$OUT/${arm}_stage2/checkpoint_last.pth")
+    if [ "${STAGE3_PARALLEL:-1}" = 1 ]; then
+      OMP_NUM_THREADS=1 train "${args[@]}" & pids+=($!)
+    else
+      train "${args[@]}"
+    fi
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+done
+
+runs=()
+for arm in ca cc; do
+  runs+=("${arm}_warm=$OUT/${arm}_warm")
+  for s in $SEEDS; do runs+=("gcl_from_${arm}=$OUT/${arm}_s$s"); done
+done
+python benchmarks/results_table.py "${runs[@]}" --summary | tee "$OUT/summary.md"
