@@ -12,7 +12,8 @@
 # when its run has finished and continued with --resume when it has a checkpoint, so the script can be rerun
 # after an interruption. The stage-3 seeds run side by side with one thread each (STAGE3_PARALLEL=0: one after
 # the other with the default threads). Cost on the 2-core CPU: 7-8 hours (docs/BENCHMARKS.md "GCL").
-# Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="device=cuda").
+# Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="eval.batch_size=128"); device: auto
+# takes a GPU where there is one.
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gcl_cuhk03.sh OUT [SEEDS]}
 SEEDS=${2:-1 2 3}
