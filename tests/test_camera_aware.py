@@ -88,6 +88,7 @@ def _spy_labeller(monkeypatch) -> list[torch.Tensor]:
     return fed
 
 
+@pytest.mark.slow
 def test_camera_aware_run_reports_proxies_and_cross_camera_ratio(synthetic_root, tmp_path, monkeypatch):
     fed, seen = _spy_labeller(monkeypatch), {}
     trainer, train_rows = _two_epoch_run(synthetic_root, tmp_path / "run", seen)
@@ -174,6 +175,7 @@ def test_cross_camera_matching_run_merges_clusters_across_cameras(synthetic_root
 
 @pytest.mark.parametrize(("method", "neighbourhood"), [
     ("cluster_contrast", "standardize"), ("cluster_contrast", "ca_jaccard"), ("hhcl", "standardize")])
+@pytest.mark.slow
 def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path, method, neighbourhood):
     """Camera ids may steer camera-aware training; identities may not: scrambling them changes nothing."""
     base = load_config(None, tiny_overrides(synthetic_root, tmp_path / "x", **{
@@ -188,6 +190,7 @@ def test_camera_aware_run_ignores_training_identities(synthetic_root, tmp_path, 
     assert [x.get("losses") for x in ra] == [y.get("losses") for y in rb]
 
 
+@pytest.mark.slow
 def test_every_camera_aware_part_runs_under_hhcl(synthetic_root, tmp_path):
     """The camera-aware parts belong to the shared engine: HHCL takes them from config as Cluster
     Contrast does (camera BN, standardisation, per-camera clustering + matching, CAP proxies), and its

@@ -179,6 +179,7 @@ def test_a_subset_of_images_gives_a_cameras_statistics(cbn_setup):
     torch.testing.assert_close(a, extract(model, c0, small, torch.device("cpu")))  # seeded subset
 
 
+@pytest.mark.slow
 def test_training_splits_each_batch_by_camera(synthetic_root, tmp_path):
     # supervised reference mode: no clustering needed to reach the training step
     cfg = load_config(None, tiny_overrides(synthetic_root, tmp_path / "run", **{

@@ -201,6 +201,7 @@ def gcl_full_run(synthetic_root, tmp_path_factory):
     return seen
 
 
+@pytest.mark.slow
 def test_stage2_trains_the_generator_only_then_stage3_trains_all(gcl_full_run):
     run = gcl_full_run
     (enc0, gen0), (enc1, gen1) = run["start"], run["end_stage2"]
@@ -220,6 +221,7 @@ def test_stage2_trains_the_generator_only_then_stage3_trains_all(gcl_full_run):
     assert [x["generator"] for x in lr[1:]] == pytest.approx([1e-4, 1e-5])  # stepped in stage 3 (step_size 1 here)
 
 
+@pytest.mark.slow
 def test_gcl_resumes_exactly_inside_stage3(gcl_full_run, synthetic_root, tmp_path):
     from unreid.engine.trainer import Trainer
 
@@ -322,6 +324,7 @@ def test_warmup_config_trains_stage1_in_the_same_command(synthetic_root, tmp_pat
 
 
 
+@pytest.mark.slow
 def test_stage2_steps_lower_the_generators_loss_on_a_batch(synthetic_root, tmp_path):
     """Stage-2 steps on one batch lower the generator's non-adversarial loss (5 recon + 5 cycle + 5 feature; the
     adversarial weight is 0 here: a fresh GAN's adversarial terms are not meant to fall). With a random encoder the
@@ -353,6 +356,7 @@ def test_stage2_steps_lower_the_generators_loss_on_a_batch(synthetic_root, tmp_p
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in enc.items())
 
 
+@pytest.mark.slow
 def test_stage3_starts_from_a_stage2_checkpoint(gcl_full_run, synthetic_root, tmp_path):
     """``method.gcl.stage2_checkpoint``: a stage-3-only run starts from everything a finished stage 2 left (encoder,
     generator, discriminator, Adam's moments), keeps its own learning rates, and then trains all three; a checkpoint

@@ -104,6 +104,7 @@ def test_load_lomo_descriptors_from_files(tmp_path):
         load_descriptors(paths, (32, 16), "hog")
 
 
+@pytest.mark.slow
 def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="colour_descriptor"):
         load_config(None, tiny_overrides(synthetic_root, tmp_path / "bad", **{"pseudo_labels.colour_descriptor": "x"}))
@@ -129,6 +130,7 @@ def test_lomo_prior_reaches_the_pseudo_labels_only(synthetic_root, tmp_path, mon
     assert trainer.method.memory.features.shape[1] == seen["d"] == trainer.model.feature_dim
 
 
+@pytest.mark.slow
 def test_lomo_prior_in_gram_form_gives_the_labeller_the_appended_inner_products(synthetic_root, tmp_path,
                                                                                  monkeypatch):
     """The default prior_mode=gram in a training run: the labeller receives GramFeatures whose inner

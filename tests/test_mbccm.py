@@ -76,6 +76,7 @@ def test_extraction_passes_each_images_modality_to_a_two_stream_model(synthetic_
     assert feats.argmax(1).tolist() == [s.modality for s in data.train]
 
 
+@pytest.mark.slow
 def test_two_stages_train_and_resume_exactly(synthetic_root, tmp_path):
     rg = _regdb_tree(tmp_path, synthetic_root)
     full, cut = tmp_path / "full", tmp_path / "cut"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import metrics_rows, tiny_overrides
@@ -41,6 +42,7 @@ def _same_model(a, b):
     return all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
 
 
+@pytest.mark.slow
 def test_unsupervised_run_ignores_training_identities(synthetic_root, tmp_path):
     # batch 8: the tiny set can leave 3 clusters at epoch 1, fewer than one batch of 16
     base = load_config(None, tiny_overrides(synthetic_root, tmp_path / "x", **{
@@ -60,6 +62,7 @@ def test_unsupervised_run_ignores_training_identities(synthetic_root, tmp_path):
     assert ra[-1]["pseudo_labels"]["ari"] != rb[-1]["pseudo_labels"]["ari"]
 
 
+@pytest.mark.slow
 def test_supervised_reference_uses_identities(synthetic_root, tmp_path):
     base = load_config(None, tiny_overrides(synthetic_root, tmp_path / "x", **{
         "optim.epochs": 1, "optim.iters": 2, "method.supervised": True}))

@@ -117,6 +117,7 @@ run.commit(ckpt, json.loads(lines[-1]), best=True)
     ("after_best", {"record"}),  # committed, best model written, record not yet appended
     ("checkpoint_tmp:2", {"model_best.pth", "record"}),  # killed writing model_best.pth: orphan .tmp left
 ])
+@pytest.mark.slow
 def test_kill_between_the_writes_is_repaired_on_resume(fault, lost, finished, tmp_path, synthetic_root, capsys):
     """Issue 29.2 / 29.5: SIGKILL at each point between the epoch's writes (the last epoch of the run);
     --resume repairs the folder from the checkpoint (the commit) instead of calling a run with missing

@@ -26,6 +26,7 @@ def test_with_singletons_by_hand():
         PseudoLabels(np.array([0, 1]), 2, num_singletons=3)
 
 
+@pytest.mark.slow
 def test_singleton_run_trains_on_every_sample_and_reports_the_clustering(synthetic_root, tmp_path):
     extra = {"optim.epochs": 2, "pseudo_labels.outliers": "singleton", "pseudo_labels.eps": 0.4}
     full = tmp_path / "full"

@@ -99,6 +99,7 @@ def _equal_states(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_stage_freezes_the_model_and_each_optimizer_steps_only_its_modules(synthetic_root, tmp_path):
     snap = Snapshot()
     start = {}
@@ -130,6 +131,7 @@ def test_stage_freezes_the_model_and_each_optimizer_steps_only_its_modules(synth
     assert [r["stage"] for r in rows] == ["warmup", "joint", "joint"]
 
 
+@pytest.mark.slow
 def test_optimizer_schedules_restart_at_the_stage_boundary(synthetic_root, tmp_path):
     snap = Snapshot()
     _run(synthetic_root, tmp_path / "run", hooks=[snap])
@@ -141,6 +143,7 @@ def test_optimizer_schedules_restart_at_the_stage_boundary(synthetic_root, tmp_p
     assert snap.lrs[0]["model"] == pytest.approx(3.5e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", [0, 1], ids=["at_the_stage_boundary", "inside_stage_2"])
 def test_stage_resume_is_exact(synthetic_root, tmp_path, stop_after):
     full_snap = Snapshot()
@@ -169,6 +172,7 @@ def test_stage_resume_is_exact(synthetic_root, tmp_path, stop_after):
     assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b] == [-1, 0, 1, 2]
 
 
+@pytest.mark.slow
 def test_hooks_run_in_order_at_every_boundary(synthetic_root, tmp_path):
     events = []
 

@@ -364,6 +364,7 @@ def test_camera_aware_proxies_join_the_tcl_loss():
     assert out.losses["loss"].item() == pytest.approx(own + proxy, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", ["mask", "stripes"])
 def test_tcl_trains_and_resumes_exactly(synthetic_root, tmp_path, part):
     o = {"method.name": "tcl", "method.tcl.part": part, "method.tcl.patch_size": 8, "data.batch_size": 8,

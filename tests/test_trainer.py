@@ -11,6 +11,7 @@ from unreid.engine import Trainer
 from unreid.engine.checkpoint import load_checkpoint
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(synthetic_root, tmp_path):
     full = tmp_path / "full"
     small = {"data.batch_size": 8}  # the tiny set can leave 3 clusters at epoch 1: one batch of 8 still fits
@@ -62,6 +63,7 @@ def test_supervised_mode_is_marked_everywhere(synthetic_root, tmp_path):
         Trainer(cfg_u, resume=True)
 
 
+@pytest.mark.slow
 def test_training_does_not_depend_on_the_evaluation_schedule(synthetic_root, tmp_path):
     """Evaluating after every epoch or only after the last gives the same model: evaluation draws
     nothing from the training's random streams (each DataLoader iterator draws a seed from torch's
