@@ -29,7 +29,7 @@ train() {
   fi
   local resume=()
   [ -f "$dir/checkpoint_last.pth" ] && resume=(--resume)
-  echo "== $(date -u +%FT%TZ) $dir: unreid train $* ${resume[*]}"
+  echo "== $(date -u +%FT%TZ) $dir: unreid train $* output_dir=$dir $EXTRA ${resume[*]}"
   # shellcheck disable=SC2086
   unreid train "$@" output_dir="$dir" $EXTRA "${resume[@]}" > "$dir.log" 2>&1
 }
