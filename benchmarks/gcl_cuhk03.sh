@@ -11,7 +11,7 @@
 # checkpoint_last.pth (method.gcl.stage2_checkpoint), so the seeds share one stage 2. Every step is skipped
 # when its run has finished and continued with --resume when it has a checkpoint, so the script can be rerun
 # after an interruption. The stage-3 seeds run side by side with one thread each (STAGE3_PARALLEL=0: one after
-# the other with the default threads). Cost on the 2-core CPU: 7-8 hours (docs/BENCHMARKS.md "GCL").
+# the other with the default threads). Cost on the 2-core CPU: about 7 hours, estimated (docs/BENCHMARKS.md "GCL").
 # Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="eval.batch_size=128"); device: auto
 # takes a GPU where there is one.
 set -euo pipefail
