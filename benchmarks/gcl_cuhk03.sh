@@ -13,11 +13,13 @@
 # after an interruption. The stage-3 seeds run side by side with one thread each (STAGE3_PARALLEL=0: one after
 # the other with the default threads). Cost on the 2-core CPU: about 7 hours, estimated (docs/BENCHMARKS.md "GCL").
 # Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="eval.batch_size=128"); device: auto
-# takes a GPU where there is one.
+# takes a GPU where there is one. ARMS picks the warm starts and their order (default "ca cc"; e.g. ARMS="cc ca"
+# finishes the cheaper Cluster Contrast arm first).
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gcl_cuhk03.sh OUT [SEEDS]}
 SEEDS=${2:-1 2 3}
 EXTRA=${EXTRA:-}
+ARMS=${ARMS:-ca cc}
 GCL=configs/gcl/cuhk03_detected_cpu.yaml
 mkdir -p "$OUT"
 
@@ -39,7 +41,7 @@ declare -A WARM=(
   [cc]="configs/cluster_contrast/cuhk03_detected_cpu.yaml"
 )
 declare -A CBN=([ca]="model.camera_bn=true" [cc]="model.camera_bn=false")
-for arm in ca cc; do
+for arm in $ARMS; do
   train "$OUT/${arm}_warm" "${WARM[$arm]}" seed=1
   train "$OUT/${arm}_stage2" "$GCL" seed=1 "${CBN[$arm]}" method.gcl.joint_epochs=0 \
     method.gcl.init_checkpoint="$OUT/${arm}_warm/model_best.pth"
@@ -57,7 +59,7 @@ for arm in ca cc; do
 done
 
 runs=()
-for arm in ca cc; do
+for arm in $ARMS; do
   runs+=("${arm}_warm=$OUT/${arm}_warm")
   for s in $SEEDS; do runs+=("gcl_from_${arm}=$OUT/${arm}_s$s"); done
 done
