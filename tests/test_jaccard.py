@@ -9,8 +9,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unreid.pseudo_labels.jaccard import jaccard_distance, jaccard_upper_blocks, k_reciprocal_encoding
+from unreid.pseudo_labels import jaccard as jaccard_module
+from unreid.pseudo_labels.jaccard import (
+    jaccard_backend,
+    jaccard_distance,
+    jaccard_upper_blocks,
+    k_reciprocal_encoding,
+)
 from unreid.pseudo_labels.knn import knn
+
+try:
+    import numba  # noqa: F401
+
+    HAVE_NUMBA = True
+except ImportError:  # the numpy kernel is still tested
+    HAVE_NUMBA = False
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed (pip install numba)")
+BACKENDS = [pytest.param("numba", marks=needs_numba), "numpy"]
 
 
 def dense_jaccard(x: np.ndarray, rank: np.ndarray, k1: int, k2: int) -> np.ndarray:
@@ -68,10 +83,11 @@ def to_dense(mat) -> np.ndarray:
     (120, 20, 6, 0, 0), (150, 30, 6, 1, 5), (100, 10, 1, 2, 0), (90, 7, 3, 3, 0), (80, 5, 6, 4, 3),
     (60, 1, 1, 5, 0), (70, 2, 2, 6, 0), (40, 40, 6, 7, 4), (110, 12, 12, 8, 0),
 ])
-def test_sparse_equals_dense(n, k1, k2, seed, dup):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_equals_dense(n, k1, k2, seed, dup, backend):
     f = clustered(n, 16, seed, dup)
     idx, sim = knn(f, k1)
-    sparse = jaccard_distance(f, k1, k2, neighbours=(idx, sim))
+    sparse = jaccard_distance(f, k1, k2, neighbours=(idx, sim), backend=backend)
     dense = dense_jaccard(f.double().numpy(), idx, k1, k2)
     assert np.abs(to_dense(sparse) - dense).max() < 1e-5
     # stored exactly where the dense matrix is below 1 (pairs sharing a column), diagonal included
@@ -83,10 +99,11 @@ def test_sparse_equals_dense(n, k1, k2, seed, dup):
     assert (sparse != sparse.T).nnz == 0
 
 
-def test_sparse_equals_dense_n1500():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_equals_dense_n1500(backend):
     f = clustered(1500, 24, 11, dup=10)
     idx, sim = knn(f, 30)
-    sparse = jaccard_distance(f, 30, 6, neighbours=(idx, sim))
+    sparse = jaccard_distance(f, 30, 6, neighbours=(idx, sim), backend=backend)
     dense = dense_jaccard(f.double().numpy(), idx, 30, 6)
     assert np.abs(to_dense(sparse) - dense).max() < 1e-5
     assert (dense < 1).sum() == sparse.nnz
@@ -149,6 +166,56 @@ def test_threaded_blocks_equal_the_single_thread_result(threads):
             np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="threads"):
         next(jaccard_upper_blocks(v, threads=0))
+
+
+@needs_numba
+@pytest.mark.parametrize("max_dist", [None, 0.0, 0.6, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("threads,max_work", [(1, 250_000), (2, 700), (3, 5_000)])
+def test_numba_kernel_gives_the_numpy_blocks_bits(max_dist, threads, max_work):
+    """Both kernels sum the same float32 minima in the same order into float64: the same pairs, in
+    the same order, with the same distance bits, whatever the blocks and threads."""
+    f = clustered(400, 16, 21, dup=8)
+    idx, sim = knn(f, 20)
+    v = k_reciprocal_encoding(f, idx, sim, 20, 6)
+    got = [np.concatenate(p) for p in zip(*jaccard_upper_blocks(v, max_dist, max_work=max_work,
+                                                                  threads=threads, backend="numba"))]
+    want = [np.concatenate(p) for p in zip(*jaccard_upper_blocks(v, max_dist, backend="numpy"))]
+    assert len(want[0]) > 400  # more than the diagonal
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_numba
+def test_numba_kernel_on_padded_camera_aware_encoding():
+    """Rows of very different lengths and bands (CA-Jaccard's per-camera encoding) give the numpy bits."""
+    from unreid.pseudo_labels.ca_jaccard import ca_jaccard_encoding
+
+    f = clustered(240, 16, 4)
+    cams = np.repeat(np.arange(3), [150, 70, 20])
+    v = ca_jaccard_encoding(f, cams, 5, 20, 3, 3)
+    for max_dist in (None, 0.7):
+        got = list(jaccard_upper_blocks(v, max_dist, max_work=300, backend="numba"))
+        want = list(jaccard_upper_blocks(v, max_dist, max_work=300, backend="numpy"))
+        for a, b in zip((np.concatenate(p) for p in zip(*got)), (np.concatenate(p) for p in zip(*want))):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_jaccard_backend_choice(monkeypatch):
+    assert jaccard_backend("numpy") == "numpy"
+    assert jaccard_backend("auto") == ("numba" if HAVE_NUMBA else "numpy")
+    with pytest.raises(ValueError, match="one of auto, numba, numpy"):
+        jaccard_backend("cuda")
+    # without numba: auto falls back to numpy, numba is refused with the install command
+    monkeypatch.setattr(jaccard_module, "_compiled_upper_rows", lambda: ImportError("No module named 'numba'"))
+    assert jaccard_backend("auto") == "numpy"
+    with pytest.raises(ImportError, match="pip install numba"):
+        jaccard_backend("numba")
+    f = clustered(60, 8, 3)
+    idx, sim = knn(f, 10)
+    v = k_reciprocal_encoding(f, idx, sim, 10, 6)
+    with pytest.raises(ImportError, match="jaccard_backend=numpy"):
+        next(jaccard_upper_blocks(v, backend="numba"))
 
 
 def test_identical_features_give_zero_distances():

@@ -212,11 +212,11 @@ class PseudoLabeler:
         v = self.encoding(f, neighbours)
         if cfg.rho is not None:
             keeper = SmallestPairs(n, cfg.rho)
-            for block in jaccard_upper_blocks(v):
+            for block in jaccard_upper_blocks(v, backend=cfg.jaccard_backend):
                 keeper.add(*block)
             eps = keeper.eps()
             return keeper.pairs_within(eps), eps
-        parts = list(jaccard_upper_blocks(v, max_dist=cfg.eps))
+        parts = list(jaccard_upper_blocks(v, max_dist=cfg.eps, backend=cfg.jaccard_backend))
         rows, cols, dist = (np.concatenate([p[i] for p in parts]) for i in range(3))
         return (rows, cols, dist), cfg.eps
 

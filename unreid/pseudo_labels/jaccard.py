@@ -36,6 +36,7 @@ reference's; ``S`` is accumulated in float64. Distances match the reference to 1
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor
+
+JACCARD_BACKENDS = ("auto", "numba", "numpy")
 
 
 def _sorted_pair_keys(rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +190,86 @@ def k_reciprocal_encoding(features: Tensor, indices: np.ndarray, similarities: n
     return v
 
 
+def _upper_rows(indptr, data, pos, col_end, col_rows, col_vals, row_max, r0, r1, s_min, keep_all,
+                acc, touched, out_rows, out_cols, out_s):  # pragma: no cover - compiled by numba
+    """Row-by-row form of :func:`jaccard_upper_blocks`' block, compiled by numba (``backend="numba"``).
+
+    For every row ``i`` in ``[r0, r1)``: every non-zero ``V_ik`` (CSR order: ``k`` ascending) adds
+    ``min(V_ik, V_jk)`` to ``acc[j]`` for the partners ``j >= i`` of its column (CSC positions
+    ``pos[e] .. col_end[e]``), i.e. the very terms, in the very order, that the numpy block sums
+    with ``np.bincount`` (float32 ``min``, float64 sum): the same bits. ``acc`` ``(N,) float64`` is
+    a dense accumulator, read back over ``[i, row_max[i]]`` in column order and zeroed again, so
+    each row costs its terms plus its band width, with no per-block ``rows x width`` array. Pairs
+    are kept when ``acc >= s_min``, or, with ``keep_all``, when any term was added (``touched``
+    ``(N,) uint8``, all zero on entry and exit). ``out_*`` must hold every kept pair of the rows
+    plus one; returns how many were written, in row, then column, order.
+    """
+    c = 0
+    for i in range(r0, r1):
+        for e in range(indptr[i], indptr[i + 1]):
+            a = data[e]
+            for q in range(pos[e], col_end[e]):
+                j = col_rows[q]
+                acc[j] += min(a, col_vals[q])
+                if keep_all:
+                    touched[j] = 1
+        hi = row_max[i] + 1
+        if keep_all:  # branch-free compaction: about half the band is hit at N = 12,936
+            for j in range(i, hi):
+                out_rows[c] = i
+                out_cols[c] = j
+                out_s[c] = acc[j]
+                c += touched[j]
+            touched[i:hi] = 0
+        else:
+            for j in range(i, hi):
+                if acc[j] >= s_min:
+                    out_rows[c] = i
+                    out_cols[c] = j
+                    out_s[c] = acc[j]
+                    c += 1
+        acc[i:hi] = 0.0
+    return c
+
+
+@functools.cache
+def _compiled_upper_rows():
+    """:func:`_upper_rows` compiled by numba (``nogil``, cached on disk by numba), or the import error."""
+    try:
+        import numba
+    except ImportError as err:
+        return err
+    return numba.njit(nogil=True, cache=True)(_upper_rows)
+
+
+def jaccard_backend(backend: str = "auto") -> str:
+    """The Jaccard kernel that :func:`jaccard_upper_blocks` runs for ``backend``.
+
+    ``"numba"``: the row kernel :func:`_upper_rows` compiled by numba (``pip install numba``, or
+    ``unreid[numba]``); ``"numpy"``: vectorised numpy blocks; ``"auto"``: numba when it imports,
+    else numpy. Both give the same pairs and the same distance bits (tested); numba is 3-5x
+    faster at N = 12,936 (docs/BENCHMARKS.md). Compilation happens once per machine (numba's
+    on-disk cache); each process then loads the compiled kernel at its first call.
+
+    Raises:
+        ValueError: an unknown ``backend``.
+        ImportError: ``backend="numba"`` without numba installed.
+    """
+    if backend not in JACCARD_BACKENDS:
+        raise ValueError(f"Jaccard backend must be one of {', '.join(JACCARD_BACKENDS)}, got {backend!r}")
+    if backend == "numpy":
+        return "numpy"
+    kernel = _compiled_upper_rows()
+    if isinstance(kernel, ImportError):
+        if backend == "numba":
+            raise ImportError(f"pseudo_labels.jaccard_backend=numba needs numba ({kernel}): pip install numba "
+                              "(or unreid[numba]), or choose jaccard_backend=numpy / auto")
+        return "numpy"
+    return "numba"
+
+
 def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_work: int = 250_000,
-                         max_cells: int = 4_000_000, threads: int | None = None,
+                         max_cells: int = 4_000_000, threads: int | None = None, backend: str = "auto",
                          ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Jaccard distances of the pairs ``i <= j`` that share a non-zero column of ``v``, block by block.
 
@@ -210,11 +291,15 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
         v: ``(N, N)`` encoding from :func:`k_reciprocal_encoding` (rows sum to 1).
         max_dist: keep only distances ``<= max_dist`` (e.g. DBSCAN's eps); ``None`` keeps all.
         max_work: at most this many ``min(V_ik, V_jk)`` terms per block (about 30 bytes each of
-            temporary memory, per thread), unless a single row has more.
+            temporary memory, per thread), unless a single row has more; with numba, which keeps no
+            per-term temporaries, ``4 * max_work``.
         max_cells: at most this many accumulator cells (9 bytes each, per thread) per block, unless a
             single row needs more.
         threads: blocks computed at once; ``None`` = ``torch.get_num_threads()`` (which follows
             ``OMP_NUM_THREADS``), ``1`` = in the calling thread.
+        backend: ``"auto"`` | ``"numba"`` | ``"numpy"`` (:func:`jaccard_backend`). With numba each
+            block runs :func:`_upper_rows` (a dense ``(N,)`` accumulator per thread, 9 bytes per
+            sample; ``max_cells`` does not apply); the output is the same.
 
     Yields:
         ``(rows, cols, dist)``: ``int64``, ``int64``, ``float32`` arrays with ``rows <= cols``, the
@@ -222,8 +307,10 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
         all blocks, blocks in row order.
 
     Raises:
-        ValueError: ``threads < 1``.
+        ValueError: ``threads < 1`` or an unknown ``backend``.
+        ImportError: ``backend="numba"`` without numba.
     """
+    use_numba = jaccard_backend(backend) == "numba"
     threads = torch.get_num_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -233,7 +320,6 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
     nnz = v.nnz
     idt = np.int32 if max(nnz, n) < 2**31 - 1 else np.int64
     row_len = np.diff(v.indptr)
-    csr_rows = np.repeat(np.arange(n, dtype=np.int64), row_len)
     # position of every CSR entry in the CSC layout (rows sorted within a column)
     perm = sp.csr_matrix((np.arange(1, nnz + 1, dtype=np.int64), v.indices, v.indptr), shape=v.shape).tocsc()
     src = perm.data - 1
@@ -250,20 +336,26 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
     nonempty = row_len > 0
     if nonempty.any():
         row_max[nonempty] = np.maximum(row_max[nonempty], np.maximum.reduceat(last, v.indptr[:-1][nonempty]))
-    row_work = np.bincount(csr_rows, weights=length, minlength=n).astype(np.int64)
+    cum_len = np.concatenate([[0], np.cumsum(length)])
+    row_work = cum_len[v.indptr[1:]] - cum_len[v.indptr[:-1]]  # terms of each row
     cum_work = np.concatenate([[0], np.cumsum(row_work)])
+    del cum_len
     del perm, src, col_end, last
 
     def plan() -> Iterator[tuple[int, int, int]]:
         """``(r0, r1, width)`` of every block, in row order (cheap: cumulative sums only)."""
         r0 = 0
+        work = 4 * max_work if use_numba else max_work  # numba's blocks hold no per-term temporaries
         while r0 < n:
-            r1 = int(np.searchsorted(cum_work, cum_work[r0] + max_work, side="right")) - 1
+            r1 = int(np.searchsorted(cum_work, cum_work[r0] + work, side="right")) - 1
             r1 = max(min(r1, n), r0 + 1)
-            hi = np.maximum.accumulate(row_max[r0:r1])  # band end if the block stopped at each row
-            cells = np.arange(1, r1 - r0 + 1) * (hi - r0 + 1)
-            r1 = r0 + max(1, int(np.searchsorted(cells, max_cells, side="right")))
-            yield r0, r1, int(hi[r1 - r0 - 1] - r0 + 1)
+            if use_numba:  # no rows x width accumulator
+                yield r0, r1, 0
+            else:
+                hi = np.maximum.accumulate(row_max[r0:r1])  # band end if the block stopped at each row
+                cells = np.arange(1, r1 - r0 + 1) * (hi - r0 + 1)
+                r1 = r0 + max(1, int(np.searchsorted(cells, max_cells, side="right")))
+                yield r0, r1, int(hi[r1 - r0 - 1] - r0 + 1)
             r0 = r1
 
     local = threading.local()
@@ -274,7 +366,37 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
     if max_dist is not None and max_dist < 0.999:
         s_min = 2.0 * (1.0 - max_dist) / (2.0 - max_dist) - 1e-9
 
+    def distances(rows: np.ndarray, cols: np.ndarray, sv: np.ndarray,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        dist = 1.0 - sv / (2.0 - sv)
+        np.maximum(dist, 0.0, out=dist)
+        if max_dist is not None:
+            keep = dist <= max_dist
+            rows, cols, dist = rows[keep], cols[keep], dist[keep]
+        return rows, cols, dist.astype(np.float32)
+
+    if use_numba:
+        kernel = _compiled_upper_rows()
+        indptr = v.indptr.astype(np.int64)
+        pos_end = pos + length
+        band = np.minimum(row_work, row_max - np.arange(n, dtype=np.int64) + 1)  # kept pairs per row, at most
+
+    def numba_block(bounds: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r0, r1, _ = bounds
+        acc = getattr(local, "acc", None)
+        if acc is None:  # per thread, left all zero by the kernel
+            acc = local.acc = np.zeros(n, dtype=np.float64)
+            local.touched = np.zeros(n, dtype=np.uint8)
+        cap = int(band[r0:r1].sum()) + 1  # + 1: the branch-free compaction writes one past the last pair
+        out_rows, out_cols = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64)
+        out_s = np.empty(cap, dtype=np.float64)
+        c = kernel(indptr, data, pos, pos_end, col_rows, col_vals, row_max, r0, r1,
+                   -1.0 if s_min is None else s_min, s_min is None, acc, local.touched, out_rows, out_cols, out_s)
+        return distances(out_rows[:c], out_cols[:c], out_s[:c])
+
     def block(bounds: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if use_numba:
+            return numba_block(bounds)
         r0, r1, width = bounds
         e0, e1 = v.indptr[r0], v.indptr[r1]
         lens = length[e0:e1]
@@ -284,7 +406,7 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
         q += np.repeat(pos[e0:e1] - first, lens)
         terms = np.repeat(data[e0:e1], lens)
         np.minimum(terms, np.take(col_vals, q, mode="clip"), out=terms)
-        keys = np.repeat((csr_rows[e0:e1] - r0) * width - r0, lens)
+        keys = np.repeat((np.repeat(np.arange(r1 - r0, dtype=np.int64), row_len[r0:r1])) * width - r0, lens)
         keys += np.take(col_rows, q, mode="clip")
         del q
         size = (r1 - r0) * width
@@ -303,12 +425,7 @@ def jaccard_upper_blocks(v: sp.csr_matrix, max_dist: float | None = None, max_wo
             hit_mask[hit] = False
         sv = s[hit]
         del s
-        dist = 1.0 - sv / (2.0 - sv)
-        np.maximum(dist, 0.0, out=dist)
-        if max_dist is not None:
-            keep = dist <= max_dist
-            hit, dist = hit[keep], dist[keep]
-        return hit // width + r0, hit % width + r0, dist.astype(np.float32)
+        return distances(hit // width + r0, hit % width + r0, sv)
 
     if threads == 1:
         for bounds in plan():
@@ -343,7 +460,7 @@ def symmetric_csr(n: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) 
 
 def jaccard_distance(features: Tensor | np.ndarray, k1: int = 30, k2: int = 6, knn_method: str = "exact",
                      knn_block: int = 4096, neighbours: tuple[np.ndarray, np.ndarray | None] | None = None,
-                     ) -> sp.csr_matrix:
+                     backend: str = "auto") -> sp.csr_matrix:
     """k-reciprocal Jaccard distance of L2-normalised ``features`` as a sparse symmetric matrix.
 
     Args:
@@ -352,6 +469,7 @@ def jaccard_distance(features: Tensor | np.ndarray, k1: int = 30, k2: int = 6, k
         knn_method, knn_block: see :func:`unreid.pseudo_labels.knn.knn` (ignored with ``neighbours``).
         neighbours: precomputed ``(indices, similarities)`` from
             :func:`unreid.pseudo_labels.knn.knn` with ``>= k1`` columns (similarities may be ``None``).
+        backend: the Jaccard kernel, see :func:`jaccard_backend`.
 
     Returns:
         ``(N, N) csr_matrix float32`` of distances in [0, 1] for every pair sharing a non-zero column
@@ -359,7 +477,8 @@ def jaccard_distance(features: Tensor | np.ndarray, k1: int = 30, k2: int = 6, k
         are exactly 1. Symmetric, indices sorted.
 
     Raises:
-        ValueError: ``k1`` outside ``[1, N]``.
+        ValueError: ``k1`` outside ``[1, N]`` or an unknown ``backend``.
+        ImportError: ``backend="numba"`` without numba.
     """
     from unreid.pseudo_labels.knn import knn
 
@@ -370,7 +489,7 @@ def jaccard_distance(features: Tensor | np.ndarray, k1: int = 30, k2: int = 6, k
     if neighbours is None:
         neighbours = knn(f, k1, knn_method, knn_block)
     v = k_reciprocal_encoding(f, neighbours[0], neighbours[1], k1, k2)
-    parts = list(jaccard_upper_blocks(v))
+    parts = list(jaccard_upper_blocks(v, backend=backend))
     rows = np.concatenate([p[0] for p in parts])
     cols = np.concatenate([p[1] for p in parts])
     vals = np.concatenate([p[2] for p in parts])
