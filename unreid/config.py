@@ -103,7 +103,7 @@ class PseudoLabelConfig:
     knn: str = "exact"
     knn_block: int = 4096  #: rows per exact k-NN block (memory O(block^2) floats per product)
     #: the Jaccard step's kernel (unreid.pseudo_labels.jaccard.jaccard_backend): "auto" (numba when installed,
-    #: else numpy) | "numba" | "numpy"; the same pairs and distance bits, numba several times faster
+    #: else numpy) | "numba" | "numpy"; the same pairs and distance bits, numba about twice as fast
     jaccard_backend: str = "auto"
     #: HNSW graph degree M for knn="hnsw" (faiss IndexHNSWFlat; Malkov & Yashunin, TPAMI 2018; faiss default 32)
     hnsw_m: int = 32

@@ -24,8 +24,9 @@ The reference keeps two dense ``N x N`` float32 arrays and loops in Python over 
 Here ``V`` is a ``scipy.sparse`` CSR matrix built with vectorised numpy / sparse-matrix operations
 (reciprocity by sorted pair keys, the 2/3 rule by a sparse product), and ``S`` is computed only for
 pairs that share a column: column by column (every pair of rows holding column ``k``), in blocks of
-rows, upper triangle only (``S`` is symmetric), accumulated with ``np.bincount``; the blocks run on
-``torch.get_num_threads()`` threads. Memory is
+rows, upper triangle only (``S`` is symmetric), accumulated with ``np.bincount``, or, with numba
+installed, by a compiled row kernel that sums the same terms in the same order
+(:func:`jaccard_backend`); the blocks run on ``torch.get_num_threads()`` threads. Memory is
 ``O(nnz(V) + block work)`` plus the output.
 
 Numerics: the softmax weights use the inner products of the k-NN search where the pair is in the
@@ -247,8 +248,10 @@ def jaccard_backend(backend: str = "auto") -> str:
 
     ``"numba"``: the row kernel :func:`_upper_rows` compiled by numba (``pip install numba``, or
     ``unreid[numba]``); ``"numpy"``: vectorised numpy blocks; ``"auto"``: numba when it imports,
-    else numpy. Both give the same pairs and the same distance bits (tested); numba is 3-5x
-    faster at N = 12,936 (docs/BENCHMARKS.md). Compilation happens once per machine (numba's
+    else numpy. Both give the same pairs and the same distance bits (tested). With numba the
+    blocks took 0.2-0.4 s against 0.6-0.9 s at N = 12,936 (2 threads), and the whole Jaccard
+    stage, encoding included, about half the time at N = 12,936 and 100,000 (docs/BENCHMARKS.md
+    "A compiled Jaccard kernel"). Compilation happens once per machine (numba's
     on-disk cache); each process then loads the compiled kernel at its first call.
 
     Raises:
