@@ -218,6 +218,35 @@ def test_jaccard_backend_choice(monkeypatch):
         next(jaccard_upper_blocks(v, backend="numba"))
 
 
+@needs_numba
+def test_numba_kernel_without_a_writable_cache_compiles_in_the_process(monkeypatch):
+    """numba refuses cache=True when no cache folder is writable: the kernel is then compiled uncached."""
+    import numba
+
+    real = numba.njit
+    asked = []
+
+    def njit(*args, cache=False, **kwargs):
+        asked.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function '_upper_rows': no locator available for file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    jaccard_module._compiled_upper_rows.cache_clear()
+    try:
+        f = clustered(80, 8, 2)
+        idx, sim = knn(f, 10)
+        v = k_reciprocal_encoding(f, idx, sim, 10, 6)
+        got = [np.concatenate(p) for p in zip(*jaccard_upper_blocks(v, 0.8, backend="numba"))]
+        assert asked[:2] == [True, False] and asked.count(True) == 1  # (numba calls njit itself too)
+    finally:
+        jaccard_module._compiled_upper_rows.cache_clear()
+    want = [np.concatenate(p) for p in zip(*jaccard_upper_blocks(v, 0.8, backend="numpy"))]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_identical_features_give_zero_distances():
     f = F.normalize(torch.ones(12, 5), dim=1)
     d = jaccard_distance(f, 12, 2)  # everyone in everyone's list: every distance is 0

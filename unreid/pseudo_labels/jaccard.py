@@ -235,12 +235,19 @@ def _upper_rows(indptr, data, pos, col_end, col_rows, col_vals, row_max, r0, r1,
 
 @functools.cache
 def _compiled_upper_rows():
-    """:func:`_upper_rows` compiled by numba (``nogil``, cached on disk by numba), or the import error."""
+    """:func:`_upper_rows` compiled by numba (``nogil``, cached on disk by numba), or the import error.
+
+    Without a writable cache location (numba raises ``RuntimeError``: "no locator available", e.g. a
+    read-only install and home), the kernel is compiled in each process instead (~1 s).
+    """
     try:
         import numba
     except ImportError as err:
         return err
-    return numba.njit(nogil=True, cache=True)(_upper_rows)
+    try:
+        return numba.njit(nogil=True, cache=True)(_upper_rows)
+    except RuntimeError:
+        return numba.njit(nogil=True)(_upper_rows)
 
 
 def jaccard_backend(backend: str = "auto") -> str:
