@@ -19,6 +19,7 @@ from unreid.pseudo_labels.base import PseudoLabels
 from unreid.pseudo_labels.ca_jaccard import CameraAwareJaccardLabeler
 from unreid.pseudo_labels.camera import camera_standardize
 from unreid.pseudo_labels.colour import append_colour
+from unreid.pseudo_labels.jaccard import jaccard_backend
 from unreid.pseudo_labels.matching import bilateral_cluster_matching, centroid_cost
 from unreid.pseudo_labels.pipeline import LabelPipeline, build_label_pipeline
 
@@ -295,12 +296,14 @@ def test_describe_lists_the_steps_in_order():
     cfg = load_config(None, SMALL + ["method.camera.neighbourhood=standardize", "method.camera.matching=true",
                                      "pseudo_labels.colour_weight=1", "pseudo_labels.colour_descriptor=lomo"])
     text = build_label_pipeline(cfg, cams, descriptors=lambda: desc).describe()
+    kernel = jaccard_backend("auto")  # numba where installed (the test extras), else numpy
     assert text == ("per-camera standardisation -> append lomo (weight 1, standardised per camera; its Gram blocks computed"
-                    " once) -> group by camera"
-                    " -> k-reciprocal Jaccard (k1 8, k2 3) + DBSCAN (eps 0.5, min_samples 3) per camera"
-                    " -> merge matched clusters (one_to_one; ratio test 0.8 with > 2 groups)")
+                    f" once) -> group by camera -> k-reciprocal Jaccard (k1 8, k2 3; {kernel} kernel) + DBSCAN (eps 0.5,"
+                    " min_samples 3) per camera -> merge matched clusters (one_to_one; ratio test 0.8 with > 2 groups)")
     cfg = load_config(None, SMALL + ["method.camera.neighbourhood=ca_jaccard"])
-    assert build_label_pipeline(cfg, cams).describe() == "CA-Jaccard (k1 3/6, k2 2/2) + DBSCAN"
+    assert build_label_pipeline(cfg, cams).describe() == f"CA-Jaccard (k1 3/6, k2 2/2; {kernel} kernel) + DBSCAN"
+    cfg = load_config(None, SMALL + ["pseudo_labels.jaccard_backend=numpy"])
+    assert "k-reciprocal Jaccard (k1 8, k2 3; numpy kernel)" in build_label_pipeline(cfg, cams).describe()
 
 
 # ------------------------------------------------------------------------------------ errors
