@@ -94,6 +94,49 @@ def test_rho_eps_equals_dense_definition():
         rho_eps(dist, 1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_smallest_pairs_bound_leaves_out_pairs_without_changing_eps_or_pairs(backend, threads):
+    """Fed with its own running bound, the keeper gets fewer pairs and the same eps, pairs and bits."""
+    from unreid.pseudo_labels.cluster import SmallestPairs
+    from unreid.pseudo_labels.jaccard import jaccard_backend, jaccard_upper_blocks, k_reciprocal_encoding
+    from unreid.pseudo_labels.knn import knn
+
+    if backend == "numba" and jaccard_backend("auto") != "numba":
+        pytest.skip("numba not installed")
+    f, _ = blobs(n_ids=40, per=10, seed=8, noise=0.5)
+    f[1] = f[0]  # an off-diagonal zero: never above the bound
+    idx, sim = knn(f, 20)
+    v = k_reciprocal_encoding(f, idx, sim, 20, 6)
+    for rho in (0.002, 0.02, 0.05):  # 4 cap below the 44,862 pairs: the keeper prunes, so it has a bound
+        full, fed = SmallestPairs(400, rho, slack=0), SmallestPairs(400, rho, slack=0)
+        n_full = n_fed = 0
+        for b in jaccard_upper_blocks(v, max_work=600, threads=threads, backend=backend):
+            full.add(*b)
+            n_full += len(b[0])
+        for b in jaccard_upper_blocks(v, max_work=600, threads=threads, backend=backend, bound=fed.bound):
+            fed.add(*b)
+            n_fed += len(b[0])
+        assert n_fed < (0.5 if rho < 0.05 else 1.0) * n_full and fed.bound() < 1.0, (rho, n_fed, n_full)
+        assert fed.eps() == full.eps() and fed.zeros == full.zeros >= 1
+        for a, b in zip(fed.pairs_within(fed.eps()), full.pairs_within(full.eps())):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_smallest_pairs_bound_is_the_cap_th_smallest_distance_held():
+    from unreid.pseudo_labels.cluster import SmallestPairs
+
+    keeper = SmallestPairs(20, 5 / 190, slack=0)  # cap = round(rho * 190) = 5
+    assert keeper.cap == 5 and keeper.bound() == 1.0
+    rows, cols = np.triu_indices(20, 1)
+    order = np.random.default_rng(0).permutation(len(rows))[:30]
+    dist = np.linspace(0.1, 0.9, 30).astype(np.float32)[::-1].copy()
+    keeper.add(rows[order], cols[order], dist)  # 30 > 4 cap: pruned to the 5 smallest
+    assert keeper.bound() == float(np.sort(dist)[4])
+    keeper.add(np.array([0]), np.array([0]), np.array([0.0], np.float32))  # the diagonal: no effect
+    assert keeper.bound() == float(np.sort(dist)[4])
+
+
 def test_labeler_equals_dense_pipeline_fixed_eps_and_rho():
     f, _ = blobs(seed=6, noise=0.55)
     dense = to_dense(jaccard_distance(f, 20, 6))

@@ -212,7 +212,7 @@ class PseudoLabeler:
         v = self.encoding(f, neighbours)
         if cfg.rho is not None:
             keeper = SmallestPairs(n, cfg.rho)
-            for block in jaccard_upper_blocks(v, backend=cfg.jaccard_backend):
+            for block in jaccard_upper_blocks(v, backend=cfg.jaccard_backend, bound=keeper.bound):
                 keeper.add(*block)
             eps = keeper.eps()
             return keeper.pairs_within(eps), eps

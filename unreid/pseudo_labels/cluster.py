@@ -79,24 +79,27 @@ class SmallestPairs:
 
     Keeps every stored zero and the smallest ``cap = round(rho * N(N-1)/2)`` positive strict-upper
     values (ties at the cap kept), with their pairs, so that :meth:`eps` equals the dense definition
-    and :meth:`pairs_within` returns every pair with ``distance <= eps``. Memory is ``O(cap)``.
+    and :meth:`pairs_within` returns every pair with ``distance <= eps``. Memory is ``O(cap)``: the
+    entries are pruned to those whenever more than ``4 cap + slack`` are held. :meth:`bound` tells
+    the producer which distances can still matter (``jaccard_upper_blocks(..., bound=)``).
     """
 
-    def __init__(self, n: int, rho: float) -> None:
+    def __init__(self, n: int, rho: float, slack: int = 1_000_000) -> None:
         if not 0.0 < rho < 1.0:
             raise ValueError(f"rho must be in (0, 1), got {rho}")
-        self.n, self.rho = n, rho
+        self.n, self.rho, self.slack = n, rho, int(slack)
         self.cap = max(1, int(np.round(rho * n * (n - 1) / 2)))
         self.zeros = 0  # stored strict-upper zeros (not counted by the dense definition)
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._size = 0
+        self._tau = 1.0  # the cap-th smallest positive strict-upper distance so far (1: not yet cap of them)
 
     def add(self, rows: np.ndarray, cols: np.ndarray, dist: np.ndarray) -> None:
         """Take one block of ``(rows <= cols, dist)`` entries."""
         self.zeros += int(((dist == 0) & (rows != cols)).sum())
         self._parts.append((rows, cols, dist))
         self._size += len(dist)
-        if self._size > 4 * self.cap + 1_000_000:
+        if self._size > 4 * self.cap + self.slack:
             self._prune()
 
     def _prune(self) -> None:
@@ -109,10 +112,21 @@ class SmallestPairs:
             vals = dist[pos]
             tau = np.partition(vals, self.cap - 1)[self.cap - 1]
             keep |= pos & (dist <= tau)
+            self._tau = float(tau)
         else:
             keep |= pos
         self._parts = [(rows[keep], cols[keep], dist[keep])]
         self._size = int(keep.sum())
+
+    def bound(self) -> float:
+        """A distance above which no pair is needed any more: the ``cap``-th smallest positive
+        strict-upper distance among the entries pruned so far (1.0 until ``cap`` of them were held).
+
+        It only decreases, and the final ``cap``-th smallest, which bounds :meth:`eps` and every pair
+        :meth:`pairs_within` returns, is at most any value it took; zeros are never above it. Pairs
+        above it may therefore be left out of later :meth:`add` calls without changing any result.
+        """
+        return self._tau
 
     def eps(self) -> float:
         """GCL's eps: mean of the smallest ``round(rho * M)`` non-zero strict-upper distances.
