@@ -156,7 +156,7 @@ def test_max_dist_equals_filtering_every_pair(max_dist):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_max_dist_at_a_float32_distance_keeps_what_filtering_keeps(backend):
     """A limit a fraction of a float32 step below a yielded distance still keeps that distance, as
-    filtering the float32 distances afterwards does (a float64 test dropped it about half the time)."""
+    filtering the float32 distances afterwards does (a test on the float64 distance could drop it)."""
     f = clustered(300, 16, 9, dup=6)
     idx, sim = knn(f, 20)
     v = k_reciprocal_encoding(f, idx, sim, 20, 6)
