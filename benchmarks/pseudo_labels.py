@@ -200,6 +200,8 @@ def _dense_oracle():
 
 
 def main() -> None:
+    from unreid.config import JACCARD_BACKENDS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=12936, help="number of features (Market-1501 train: 12,936)")
     p.add_argument("--dim", type=int, default=2048)
@@ -220,7 +222,7 @@ def main() -> None:
                    help="with --knn exact on CPU: call the k-NN stage this many more times, each call right after "
                         "the same products done by bare torch.mm; the fraction of the GEMM peak is then also given "
                         "for the best call (the peak itself is a best-of figure) and per call against its bare pass")
-    p.add_argument("--jaccard-backend", default="auto", choices=["auto", "numba", "numpy"],
+    p.add_argument("--jaccard-backend", default="auto", choices=list(JACCARD_BACKENDS),
                    help="pseudo_labels.jaccard_backend (auto: numba when installed)")
     p.add_argument("--jaccard-repeats", type=int, default=2,
                    help="further Jaccard stage calls after the first (which also loads numba's compiled kernel); "

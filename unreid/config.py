@@ -88,6 +88,10 @@ class ModelConfig:
     camera_bn_images: int = 512
 
 
+#: the Jaccard step's kernels (unreid.pseudo_labels.jaccard.jaccard_backend)
+JACCARD_BACKENDS = ("auto", "numba", "numpy")
+
+
 @dataclass
 class PseudoLabelConfig:
     """Features -> pseudo-labels: k-NN, k-reciprocal Jaccard distance, clustering."""
@@ -503,8 +507,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"pseudo_labels.rho must be in (0, 1), got {p.rho}")
     if p.colour_weight < 0:
         raise ConfigError(f"pseudo_labels.colour_weight must be >= 0 (0 = off), got {p.colour_weight}")
-    if p.jaccard_backend not in ("auto", "numba", "numpy"):
-        raise ConfigError(f"pseudo_labels.jaccard_backend must be auto, numba or numpy, got {p.jaccard_backend!r}")
+    if p.jaccard_backend not in JACCARD_BACKENDS:
+        raise ConfigError(f"pseudo_labels.jaccard_backend must be one of {', '.join(JACCARD_BACKENDS)}, got "
+                          f"{p.jaccard_backend!r}")
     if p.knn_block < 1 or p.hnsw_m < 2 or p.pca_dim < 1 or p.pca_oversample < 1.0:
         raise ConfigError(
             f"pseudo_labels: need knn_block >= 1, hnsw_m >= 2, pca_dim >= 1, pca_oversample >= 1 (got "

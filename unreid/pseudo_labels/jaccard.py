@@ -48,7 +48,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-JACCARD_BACKENDS = ("auto", "numba", "numpy")
+from unreid.config import JACCARD_BACKENDS
 
 
 def _sorted_pair_keys(rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
