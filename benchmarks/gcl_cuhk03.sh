@@ -9,7 +9,7 @@
 # (configs/cluster_contrast/cuhk03_detected_cpu.yaml), seed 1 each. Stage 2 (generator and discriminator, the
 # encoder frozen) once per warm start with joint_epochs=0; stage 3 per seed from that stage 2's
 # checkpoint_last.pth (method.gcl.stage2_checkpoint), so the seeds share one stage 2. Every step is skipped
-# when its run has finished and continued with --resume when it has a checkpoint, so the script can be rerun
+# when its run has finished and continued with --resume when it has started, so the script can be rerun
 # after an interruption. The stage-3 seeds run side by side with one thread each (STAGE3_PARALLEL=0: one after
 # the other with the default threads). Cost on the 2-core CPU: about 7 hours, estimated (docs/BENCHMARKS.md "GCL").
 # Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="eval.batch_size=128"); device: auto
@@ -30,7 +30,9 @@ train() {
     echo "== $dir: finished, skipped"; return 0
   fi
   local resume=()
-  [ -f "$dir/checkpoint_last.pth" ] && resume=(--resume)
+  # a started run (its config.yaml) is resumed, also one killed before its first epoch was committed
+  # (--resume then starts it again from epoch 0; a fresh start would refuse the folder)
+  { [ -f "$dir/checkpoint_last.pth" ] || [ -f "$dir/config.yaml" ]; } && resume=(--resume)
   echo "== $(date -u +%FT%TZ) $dir: unreid train $* output_dir=$dir $EXTRA ${resume[*]}"
   # shellcheck disable=SC2086
   unreid train "$@" output_dir="$dir" $EXTRA "${resume[@]}" > "$dir.log" 2>&1
