@@ -1,0 +1,56 @@
+"""benchmarks/gcl_cuhk03.sh: which runs it skips, resumes or starts (issue 32's runs go on across sessions).
+
+The script is run with stand-ins for ``unreid`` and ``python`` on ``PATH`` that only record their arguments,
+over a run folder laid out as an interrupted series would leave it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _stub(path: Path, log: Path) -> None:
+    path.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> "{log}"\n')
+    path.chmod(0o755)
+
+
+def test_skips_finished_resumes_started_and_starts_new_runs(tmp_path):
+    bin_dir, out, calls = tmp_path / "bin", tmp_path / "out", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    for name in ("unreid", "python"):
+        _stub(bin_dir / name, calls)
+    (out / "cc_warm").mkdir(parents=True)  # finished: model_best.pth and the log's last line
+    (out / "cc_warm" / "model_best.pth").write_bytes(b"")
+    (out / "cc_warm" / "train.log").write_text("10:00:00 INFO training [unsupervised] finished in 100.0s\n")
+    (out / "cc_stage2").mkdir()  # interrupted after an epoch: has a checkpoint
+    (out / "cc_stage2" / "checkpoint_last.pth").write_bytes(b"")
+    (out / "cc_s1").mkdir()  # killed before its first epoch was committed: only config.yaml
+    (out / "cc_s1" / "config.yaml").write_text("seed: 1\n")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ARMS="cc", STAGE3_PARALLEL="0")
+    proc = subprocess.run(["bash", "benchmarks/gcl_cuhk03.sh", str(out), "1 2"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{out}/cc_warm: finished, skipped" in proc.stdout
+    runs = {}
+    for line in calls.read_text().splitlines():
+        if line.startswith("unreid train"):
+            folder = next(a for a in line.split() if a.startswith("output_dir=")).split("=", 1)[1]
+            runs[Path(folder).name] = line.split()
+    assert set(runs) == {"cc_stage2", "cc_s1", "cc_s2"}  # the finished warm start is not run again
+    assert "--resume" in runs["cc_stage2"]  # has a checkpoint
+    assert "--resume" in runs["cc_s1"]  # started, no checkpoint: a fresh start would refuse its folder
+    assert "--resume" not in runs["cc_s2"]  # never started
+    assert f"method.gcl.init_checkpoint={out}/cc_warm/model_best.pth" in runs["cc_stage2"]
+    assert f"method.gcl.stage2_checkpoint={out}/cc_stage2/checkpoint_last.pth" in runs["cc_s2"]
+    assert "seed=2" in runs["cc_s2"]
+    summary = [line for line in calls.read_text().splitlines() if line.startswith("python")]
+    assert summary and f"cc_warm={out}/cc_warm" in summary[0] and f"gcl_from_cc={out}/cc_s2" in summary[0]
