@@ -183,17 +183,17 @@ def _describe_labeller(labeller: Labeller) -> str:
     from unreid.pseudo_labels.jaccard import jaccard_backend
 
     cfg = getattr(labeller, "cfg", None)
+    if not isinstance(labeller, PseudoLabeler) or cfg is None:
+        return type(labeller).__name__
+    if cfg.cluster == "infomap":  # no Jaccard step: numba is not loaded for it (CA-Jaccard refuses InfoMap)
+        return f"InfoMap (k {cfg.infomap_k})"
+    kernel = f"{jaccard_backend(cfg.jaccard_backend)} kernel"
     if isinstance(labeller, CameraAwareJaccardLabeler):
         k1i, k1o, k2i, k2o = labeller.sizes
-        return f"CA-Jaccard (k1 {k1i}/{k1o}, k2 {k2i}/{k2o}; {jaccard_backend(cfg.jaccard_backend)} kernel) + DBSCAN"
-    if isinstance(labeller, PseudoLabeler) and cfg is not None:
-        if cfg.cluster == "infomap":  # no Jaccard step: numba is not loaded for it
-            return f"InfoMap (k {cfg.infomap_k})"
-        kernel = f"{jaccard_backend(cfg.jaccard_backend)} kernel"
-        eps = f"rho {cfg.rho:g}" if cfg.rho is not None else f"eps {cfg.eps:g}"
-        return (f"k-reciprocal Jaccard (k1 {cfg.k1}, k2 {cfg.k2}; {kernel}) + DBSCAN ({eps}, "
-                f"min_samples {cfg.min_samples})")
-    return type(labeller).__name__
+        return f"CA-Jaccard (k1 {k1i}/{k1o}, k2 {k2i}/{k2o}; {kernel}) + DBSCAN"
+    eps = f"rho {cfg.rho:g}" if cfg.rho is not None else f"eps {cfg.eps:g}"
+    return (f"k-reciprocal Jaccard (k1 {cfg.k1}, k2 {cfg.k2}; {kernel}) + DBSCAN ({eps}, "
+            f"min_samples {cfg.min_samples})")
 
 
 # ---------------------------------------------------------------------------------------- association
