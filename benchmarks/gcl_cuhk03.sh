@@ -14,12 +14,15 @@
 # the other with the default threads). Cost on the 2-core CPU: about 7 hours, estimated (docs/BENCHMARKS.md "GCL").
 # Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="eval.batch_size=128"); device: auto
 # takes a GPU where there is one. ARMS picks the warm starts and their order (default "ca cc"; e.g. ARMS="cc ca"
-# finishes the cheaper Cluster Contrast arm first).
+# finishes the cheaper Cluster Contrast arm first). STAGE3_EXTRA adds overrides to the stage-3 runs only (e.g.
+# STAGE3_EXTRA="method.gcl.joint_epochs=1": one epoch of stage 3; its learning rate is that of the first epoch
+# of the full schedule, which steps after 10 epochs, so that epoch is the same as the full run's epoch 0).
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gcl_cuhk03.sh OUT [SEEDS]}
 SEEDS=${2:-1 2 3}
 EXTRA=${EXTRA:-}
 ARMS=${ARMS:-ca cc}
+STAGE3_EXTRA=${STAGE3_EXTRA:-}
 GCL=configs/gcl/cuhk03_detected_cpu.yaml
 mkdir -p "$OUT"
 
@@ -51,6 +54,8 @@ for arm in $ARMS; do
   for s in $SEEDS; do
     args=("$OUT/${arm}_s$s" "$GCL" seed="$s" "${CBN[$arm]}" method.gcl.generator_epochs=0
           method.gcl.stage2_checkpoint="$OUT/${arm}_stage2/checkpoint_last.pth")
+    # shellcheck disable=SC2206
+    args+=($STAGE3_EXTRA)
     if [ "${STAGE3_PARALLEL:-1}" = 1 ]; then
       OMP_NUM_THREADS=1 train "${args[@]}" & pids+=($!)
     else
