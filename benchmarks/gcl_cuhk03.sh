@@ -14,14 +14,15 @@
 # the other with the default threads). Cost on the 2-core CPU: about 7 hours, estimated (docs/BENCHMARKS.md "GCL").
 # Extra key=value overrides for every run can be given in EXTRA (e.g. EXTRA="eval.batch_size=128"); device: auto
 # takes a GPU where there is one. ARMS picks the warm starts and their order (default "ca cc"; e.g. ARMS="cc ca"
-# finishes the cheaper Cluster Contrast arm first). STAGE3_EXTRA adds overrides to the stage-3 runs only (e.g.
-# STAGE3_EXTRA="method.gcl.joint_epochs=1": one epoch of stage 3; its learning rate is that of the first epoch
-# of the full schedule, which steps after 10 epochs, so that epoch is the same as the full run's epoch 0).
+# finishes the cheaper Cluster Contrast arm first). STAGE2_EXTRA and STAGE3_EXTRA add overrides to the stage-2
+# or the stage-3 runs only (e.g. STAGE2_EXTRA="method.gcl.generator_epochs=2" STAGE3_EXTRA="method.gcl.joint_epochs=1";
+# the learning rates step after 10 epochs, so a shortened stage's epochs are those of the full schedule).
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/gcl_cuhk03.sh OUT [SEEDS]}
 SEEDS=${2:-1 2 3}
 EXTRA=${EXTRA:-}
 ARMS=${ARMS:-ca cc}
+STAGE2_EXTRA=${STAGE2_EXTRA:-}
 STAGE3_EXTRA=${STAGE3_EXTRA:-}
 GCL=configs/gcl/cuhk03_detected_cpu.yaml
 mkdir -p "$OUT"
@@ -48,8 +49,9 @@ declare -A WARM=(
 declare -A CBN=([ca]="model.camera_bn=true" [cc]="model.camera_bn=false")
 for arm in $ARMS; do
   train "$OUT/${arm}_warm" "${WARM[$arm]}" seed=1
+  # shellcheck disable=SC2086
   train "$OUT/${arm}_stage2" "$GCL" seed=1 "${CBN[$arm]}" method.gcl.joint_epochs=0 \
-    method.gcl.init_checkpoint="$OUT/${arm}_warm/model_best.pth"
+    method.gcl.init_checkpoint="$OUT/${arm}_warm/model_best.pth" $STAGE2_EXTRA
   pids=()
   for s in $SEEDS; do
     args=("$OUT/${arm}_s$s" "$GCL" seed="$s" "${CBN[$arm]}" method.gcl.generator_epochs=0

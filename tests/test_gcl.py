@@ -402,3 +402,55 @@ def test_stage3_starts_from_a_stage2_checkpoint(gcl_full_run, synthetic_root, tm
     with pytest.raises(ConfigError, match="one of init_checkpoint"):
         load_config(None, _gcl(synthetic_root, tmp_path / "x4", **{
             "method.gcl.init_checkpoint": "a.pth", "method.gcl.stage2_checkpoint": "b.pth"}))
+
+
+@pytest.mark.slow
+def test_gcl_clusters_its_memory_with_the_camera_aware_labelling(synthetic_root, tmp_path, monkeypatch):
+    """The camera-aware labelling options reach GCL's stage 3 (gcl.py's error for method.camera.proxies says they
+    work): per-camera standardisation of the memory rows (method.camera.neighbourhood=standardize), per-camera
+    clustering with cross-camera matching (method.camera.matching), camera-based BN in the encoder."""
+    from unreid.engine.trainer import Trainer
+    from unreid.models.camera_bn import camera_bn_layers
+    from unreid.pseudo_labels import PseudoLabeler
+    from unreid.pseudo_labels.camera import camera_standardize
+
+    fed: list[torch.Tensor] = []
+    fit = PseudoLabeler.fit
+
+    def spy(self, features, *args, **kwargs):
+        fed.append(torch.as_tensor(features).clone())
+        return fit(self, features, *args, **kwargs)
+
+    monkeypatch.setattr(PseudoLabeler, "fit", spy)
+    cfg = load_config(None, _gcl(synthetic_root, tmp_path / "run", **{
+        "method.gcl.generator_epochs": 0, "method.camera.neighbourhood": "standardize",
+        "method.camera.matching": True, "model.camera_bn": True, "pseudo_labels.eps": 0.3, "eval.every": 10}))
+    tr = Trainer(cfg)
+    given: list[torch.Tensor] = []
+    label = tr.method.pseudo_label
+
+    def spy_label(epoch, features):
+        given.append(features.clone())
+        return label(epoch, features)
+
+    tr.method.pseudo_label = spy_label
+    tr.train()
+    cams = np.asarray(tr.method.camids)
+    assert camera_bn_layers(tr.model)
+    # two labellings (one per stage-3 epoch), each clustering, camera by camera, the standardised rows of what GCL
+    # handed over
+    cameras = np.unique(cams)
+    assert len(given) == 2 and len(fed) == 2 * len(cameras)
+    for i, raw in enumerate(given):
+        std = camera_standardize(raw, cams)
+        for j, c in enumerate(cameras):
+            clustered = fed[i * len(cameras) + j]
+            torch.testing.assert_close(clustered, std[cams == c])
+            assert (clustered - raw[cams == c]).abs().max() > 1e-2
+    # each epoch reports the per-camera clustering and the matching, beside GCL's memory loss
+    rows = [r for r in metrics_rows(tmp_path / "run") if r["epoch"] >= 0]
+    assert len(rows) == 2
+    for r in rows:
+        pl = r["pseudo_labels"]
+        assert len(pl["per_camera_clusters"]) == len(np.unique(cams)) and "matched_pairs" in pl
+        assert "memory" in r["losses"]
