@@ -409,19 +409,12 @@ def test_gcl_clusters_its_memory_with_the_camera_aware_labelling(synthetic_root,
     """The camera-aware labelling options reach GCL's stage 3 (gcl.py's error for method.camera.proxies says they
     work): per-camera standardisation of the memory rows (method.camera.neighbourhood=standardize), per-camera
     clustering with cross-camera matching (method.camera.matching), camera-based BN in the encoder."""
+    from tests.test_camera_aware import _spy_labeller
     from unreid.engine.trainer import Trainer
     from unreid.models.camera_bn import camera_bn_layers
-    from unreid.pseudo_labels import PseudoLabeler
     from unreid.pseudo_labels.camera import camera_standardize
 
-    fed: list[torch.Tensor] = []
-    fit = PseudoLabeler.fit
-
-    def spy(self, features, *args, **kwargs):
-        fed.append(torch.as_tensor(features).clone())
-        return fit(self, features, *args, **kwargs)
-
-    monkeypatch.setattr(PseudoLabeler, "fit", spy)
+    fed = _spy_labeller(monkeypatch)  # what every PseudoLabeler.fit receives
     cfg = load_config(None, _gcl(synthetic_root, tmp_path / "run", **{
         "method.gcl.generator_epochs": 0, "method.camera.neighbourhood": "standardize",
         "method.camera.matching": True, "model.camera_bn": True, "pseudo_labels.eps": 0.3, "eval.every": 10}))
