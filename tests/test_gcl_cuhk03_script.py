@@ -54,3 +54,30 @@ def test_skips_finished_resumes_started_and_starts_new_runs(tmp_path):
     assert "seed=2" in runs["cc_s2"]
     summary = [line for line in calls.read_text().splitlines() if line.startswith("python")]
     assert summary and f"cc_warm={out}/cc_warm" in summary[0] and f"gcl_from_cc={out}/cc_s2" in summary[0]
+
+
+def test_stage_extras_reach_only_their_stage(tmp_path):
+    bin_dir, out, calls = tmp_path / "bin", tmp_path / "out", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    for name in ("unreid", "python"):  # one line per call, its arguments tab-separated (their boundaries kept)
+        (bin_dir / name).write_text(f'#!/bin/sh\nfor a in "$0" "$@"; do printf "%s\\t" "$a"; done >> "{calls}"\n'
+                                    f'echo >> "{calls}"\n')
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ARMS="cc", STAGE3_PARALLEL="0",
+               STAGE2_EXTRA="method.gcl.generator_epochs=2", STAGE3_EXTRA="method.gcl.joint_epochs=1 eval.every=2")
+    proc = subprocess.run(["bash", "benchmarks/gcl_cuhk03.sh", str(out), "1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    runs = {}
+    for line in calls.read_text().splitlines():
+        args = line.rstrip("\t").split("\t")
+        if Path(args[0]).name == "unreid" and args[1] == "train":
+            folder = next(a for a in args if a.startswith("output_dir=")).split("=", 1)[1]
+            runs[Path(folder).name] = args
+    assert set(runs) == {"cc_warm", "cc_stage2", "cc_s1"}
+    assert "method.gcl.generator_epochs=2" in runs["cc_stage2"]
+    assert "method.gcl.joint_epochs=0" in runs["cc_stage2"]  # the script's own stage-2 override stays
+    assert {"method.gcl.joint_epochs=1", "eval.every=2"} <= set(runs["cc_s1"])  # split into two overrides
+    assert "method.gcl.generator_epochs=0" in runs["cc_s1"]
+    assert not any("joint_epochs=1" in a or "eval.every" in a for a in runs["cc_stage2"] + runs["cc_warm"])
+    assert not any("generator_epochs=2" in a for a in runs["cc_s1"] + runs["cc_warm"])
