@@ -54,10 +54,9 @@ for arm in $ARMS; do
     method.gcl.init_checkpoint="$OUT/${arm}_warm/model_best.pth" $STAGE2_EXTRA
   pids=()
   for s in $SEEDS; do
-    args=("$OUT/${arm}_s$s" "$GCL" seed="$s" "${CBN[$arm]}" method.gcl.generator_epochs=0
-          method.gcl.stage2_checkpoint="$OUT/${arm}_stage2/checkpoint_last.pth")
     # shellcheck disable=SC2206
-    args+=($STAGE3_EXTRA)
+    args=("$OUT/${arm}_s$s" "$GCL" seed="$s" "${CBN[$arm]}" method.gcl.generator_epochs=0
+          method.gcl.stage2_checkpoint="$OUT/${arm}_stage2/checkpoint_last.pth" $STAGE3_EXTRA)
     if [ "${STAGE3_PARALLEL:-1}" = 1 ]; then
       OMP_NUM_THREADS=1 train "${args[@]}" & pids+=($!)
     else

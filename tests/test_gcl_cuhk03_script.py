@@ -18,16 +18,35 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def _stub(path: Path, log: Path) -> None:
-    path.write_text(f'#!/bin/sh\necho "$(basename "$0") $*" >> "{log}"\n')
-    path.chmod(0o755)
+def _run_script(tmp_path: Path, seeds: str, **env_extra: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Run the script over ``tmp_path/out`` with stand-ins for ``unreid`` and ``python`` on ``PATH``; the finished
+    process and every stand-in call as its argument list (the command's name first, argument boundaries kept)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    for name in ("unreid", "python"):  # one line per call, the arguments tab-separated
+        (bin_dir / name).write_text(f'#!/bin/sh\nprintf "%s" "$(basename "$0")" >> "{calls}"\n'
+                                    f'for a in "$@"; do printf "\\t%s" "$a"; done >> "{calls}"\n'
+                                    f'echo >> "{calls}"\n')
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env_extra)
+    proc = subprocess.run(["bash", "benchmarks/gcl_cuhk03.sh", str(tmp_path / "out"), seeds], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return proc, [line.split("\t") for line in lines]
+
+
+def _train_runs(calls: list[list[str]]) -> dict[str, list[str]]:
+    """The ``unreid train`` calls by the name of their ``output_dir``."""
+    runs = {}
+    for args in calls:
+        if args[:2] == ["unreid", "train"]:
+            folder = next(a for a in args if a.startswith("output_dir=")).split("=", 1)[1]
+            runs[Path(folder).name] = args
+    return runs
 
 
 def test_skips_finished_resumes_started_and_starts_new_runs(tmp_path):
-    bin_dir, out, calls = tmp_path / "bin", tmp_path / "out", tmp_path / "calls.txt"
-    bin_dir.mkdir()
-    for name in ("unreid", "python"):
-        _stub(bin_dir / name, calls)
+    out = tmp_path / "out"
     (out / "cc_warm").mkdir(parents=True)  # finished: model_best.pth and the log's last line
     (out / "cc_warm" / "model_best.pth").write_bytes(b"")
     (out / "cc_warm" / "train.log").write_text("10:00:00 INFO training [unsupervised] finished in 100.0s\n")
@@ -35,16 +54,10 @@ def test_skips_finished_resumes_started_and_starts_new_runs(tmp_path):
     (out / "cc_stage2" / "checkpoint_last.pth").write_bytes(b"")
     (out / "cc_s1").mkdir()  # killed before its first epoch was committed: only config.yaml
     (out / "cc_s1" / "config.yaml").write_text("seed: 1\n")
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ARMS="cc", STAGE3_PARALLEL="0")
-    proc = subprocess.run(["bash", "benchmarks/gcl_cuhk03.sh", str(out), "1 2"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc, calls = _run_script(tmp_path, "1 2", ARMS="cc", STAGE3_PARALLEL="0")
     assert proc.returncode == 0, proc.stderr
     assert f"{out}/cc_warm: finished, skipped" in proc.stdout
-    runs = {}
-    for line in calls.read_text().splitlines():
-        if line.startswith("unreid train"):
-            folder = next(a for a in line.split() if a.startswith("output_dir=")).split("=", 1)[1]
-            runs[Path(folder).name] = line.split()
+    runs = _train_runs(calls)
     assert set(runs) == {"cc_stage2", "cc_s1", "cc_s2"}  # the finished warm start is not run again
     assert "--resume" in runs["cc_stage2"]  # has a checkpoint
     assert "--resume" in runs["cc_s1"]  # started, no checkpoint: a fresh start would refuse its folder
@@ -52,28 +65,16 @@ def test_skips_finished_resumes_started_and_starts_new_runs(tmp_path):
     assert f"method.gcl.init_checkpoint={out}/cc_warm/model_best.pth" in runs["cc_stage2"]
     assert f"method.gcl.stage2_checkpoint={out}/cc_stage2/checkpoint_last.pth" in runs["cc_s2"]
     assert "seed=2" in runs["cc_s2"]
-    summary = [line for line in calls.read_text().splitlines() if line.startswith("python")]
+    summary = [args for args in calls if args[0] == "python"]
     assert summary and f"cc_warm={out}/cc_warm" in summary[0] and f"gcl_from_cc={out}/cc_s2" in summary[0]
 
 
 def test_stage_extras_reach_only_their_stage(tmp_path):
-    bin_dir, out, calls = tmp_path / "bin", tmp_path / "out", tmp_path / "calls.txt"
-    bin_dir.mkdir()
-    for name in ("unreid", "python"):  # one line per call, its arguments tab-separated (their boundaries kept)
-        (bin_dir / name).write_text(f'#!/bin/sh\nfor a in "$0" "$@"; do printf "%s\\t" "$a"; done >> "{calls}"\n'
-                                    f'echo >> "{calls}"\n')
-        (bin_dir / name).chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ARMS="cc", STAGE3_PARALLEL="0",
-               STAGE2_EXTRA="method.gcl.generator_epochs=2", STAGE3_EXTRA="method.gcl.joint_epochs=1 eval.every=2")
-    proc = subprocess.run(["bash", "benchmarks/gcl_cuhk03.sh", str(out), "1"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc, calls = _run_script(tmp_path, "1", ARMS="cc", STAGE3_PARALLEL="0",
+                              STAGE2_EXTRA="method.gcl.generator_epochs=2",
+                              STAGE3_EXTRA="method.gcl.joint_epochs=1 eval.every=2")
     assert proc.returncode == 0, proc.stderr
-    runs = {}
-    for line in calls.read_text().splitlines():
-        args = line.rstrip("\t").split("\t")
-        if Path(args[0]).name == "unreid" and args[1] == "train":
-            folder = next(a for a in args if a.startswith("output_dir=")).split("=", 1)[1]
-            runs[Path(folder).name] = args
+    runs = _train_runs(calls)
     assert set(runs) == {"cc_warm", "cc_stage2", "cc_s1"}
     assert "method.gcl.generator_epochs=2" in runs["cc_stage2"]
     assert "method.gcl.joint_epochs=0" in runs["cc_stage2"]  # the script's own stage-2 override stays
